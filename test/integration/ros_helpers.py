@@ -1,0 +1,73 @@
+"""Helpers for integration tests: real rclpy nodes, real DDS on loopback, child processes in their own
+process groups. Waiting is always on events/conditions with generous timeouts, never on sleeps."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+import rclpy
+from rclpy.executors import SingleThreadedExecutor
+from rclpy.node import Node
+
+
+class ActionCollector:
+    """A subscriber node on its own executor thread that records every Action it receives."""
+
+    def __init__(self, context=None, topic='action'):
+        from vidaction_ros import qos
+        from vidaction_ros.msg import Action
+        self.messages = []
+        self.changed = threading.Condition()
+        self.node = Node('test_action_collector', context=context)
+        self.node.create_subscription(Action, topic, self._on_action, qos.ACTION)
+        self.executor = SingleThreadedExecutor(context=context)
+        self.executor.add_node(self.node)
+        self.thread = threading.Thread(target=self.executor.spin, daemon=True)
+        self.thread.start()
+
+    def _on_action(self, msg):
+        with self.changed:
+            self.messages.append(msg)
+            self.changed.notify_all()
+
+    def wait_for(self, predicate, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        with self.changed:
+            while not predicate(self.messages):
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self.changed.wait(min(left, 1.0))
+            return True
+
+    def close(self):
+        self.executor.shutdown()
+        self.node.destroy_node()
+
+
+def start_pipeline(*args: str, log_path: str | None = None) -> subprocess.Popen:
+    """`vidaction_pipeline ARGS` as a child process group, run outside the source tree."""
+    out = open(log_path, 'w') if log_path else subprocess.DEVNULL
+    return subprocess.Popen([sys.executable, '-m', 'vidaction_ros.pipeline', *args], cwd=tempfile.gettempdir(),
+                            stdout=out, stderr=subprocess.STDOUT, start_new_session=True, env=dict(os.environ))
+
+
+def stop_group(proc: subprocess.Popen, timeout: float = 30.0) -> int:
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGINT)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            raise AssertionError('pipeline did not shut down within the timeout after SIGINT')
+    return proc.returncode
+
+
+def stamp_s(msg) -> float:
+    return msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9

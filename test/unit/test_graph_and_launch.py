@@ -1,0 +1,85 @@
+"""The launch files, the launch-free entry point and the graph description must agree."""
+import ast
+import importlib
+from pathlib import Path
+
+import pytest
+import yaml
+
+from vidaction_ros import graph, pipeline
+from vidaction_ros.paths import share_dir
+
+LAUNCH_DIR = share_dir() / 'launch'
+
+
+def test_committed_launch_files_are_the_generated_ones():
+    for name, render in graph.LAUNCH_FILES.items():
+        assert (LAUNCH_DIR / name).read_text() == render(), f'{name} is stale: regenerate it'
+
+
+def _launch_nodes(tree):
+    return [c for c in ast.walk(tree) if isinstance(c, ast.Call) and getattr(c.func, 'id', '') == 'Node']
+
+
+def test_multiprocess_launch_has_one_node_per_graph_node_with_params():
+    tree = ast.parse((LAUNCH_DIR / 'vidaction.launch.py').read_text())
+    calls = _launch_nodes(tree)
+    found = {}
+    for call in calls:
+        kw = {k.arg: k.value for k in call.keywords}
+        found[ast.literal_eval(kw['name'])] = ast.literal_eval(kw['executable'])
+    assert found == {n.name: n.executable for n in graph.NODES}
+
+
+def test_every_launch_argument_has_a_description_and_targets_declared_parameters():
+    params = yaml.safe_load((share_dir() / 'config' / graph.PARAMS_FILE).read_text())
+    for arg in graph.LAUNCH_ARGS:
+        assert len(arg.description) > 10
+        for node, parameter in arg.targets:
+            assert parameter in params[node]['ros__parameters'], f'{arg.name} -> {node}.{parameter}'
+
+
+def test_params_file_names_only_declared_parameters():
+    params = yaml.safe_load((share_dir() / 'config' / graph.PARAMS_FILE).read_text())
+    for spec in graph.NODES:
+        module = importlib.import_module(spec.factory.split(':')[0])
+        declared = {p.name: p for p in module.PARAMS}
+        for key, value in params[spec.name]['ros__parameters'].items():
+            assert key in declared, f'{spec.name}.{key} is not declared by the node'
+            assert type(value) is type(declared[key].default), f'{spec.name}.{key} type'
+
+
+def test_typed_overrides_from_launch_argument_strings():
+    out = graph.overrides_for('camera', {'rate_hz': '15', 'loop': 'true', 'source': '/dev/video0'})
+    assert out == {'rate_hz': 15.0, 'loop': True, 'source': '/dev/video0'}
+    assert graph.overrides_for('policy', {'backend': 'cpu'}) == {'backend': 'cpu'}
+    with pytest.raises(ValueError, match="launch argument 'rate_hz'"):
+        graph.overrides_for('camera', {'rate_hz': 'fast'})
+
+
+def test_pipeline_overrides_composed_lockstep_and_set():
+    args = pipeline.build_parser().parse_args(['--lockstep', '--rate_hz', '12', '--set', 'memory.capacity=600'])
+    overrides = pipeline.collect_overrides(args, composed=True)
+    assert overrides['camera']['transport'] == 'inproc'
+    assert overrides['camera']['lockstep'] is True and overrides['camera']['stamp_source'] == 'media'
+    assert overrides['camera']['rate_hz'] == 12.0
+    assert overrides['memory'] == {'stamps_are_wall_clock': False, 'capacity': 600}
+    with pytest.raises(ValueError, match='NODE.PARAM=VALUE'):
+        pipeline.parse_set(['nonode.x=1'])
+
+
+def test_process_command_line_carries_typed_parameters():
+    spec = graph.NODES[0]
+    cmd = pipeline.node_command(spec, '/p.yaml', {'rate_hz': 12.0, 'loop': True, 'source': ''})
+    assert cmd[cmd.index('--ros-args'):] == ['--ros-args', '-r', '__node:=camera', '--params-file', '/p.yaml',
+                                              '-p', 'rate_hz:=12.0', '-p', 'loop:=true', '-p', "source:=''"]
+
+
+def test_launch_files_load_with_ros2_launch_when_available():
+    launch = pytest.importorskip('launch')
+    pytest.importorskip('launch_ros')
+    from launch.launch_description_sources import PythonLaunchDescriptionSource
+    for name in graph.LAUNCH_FILES:
+        description = PythonLaunchDescriptionSource(str(LAUNCH_DIR / name)).get_launch_description(
+            launch.LaunchContext())
+        assert description.entities

@@ -1,0 +1,118 @@
+"""The README's first command: the composed pipeline on the bundled real video, printing every Action.
+
+    vidaction_demo [--lockstep] [--changes-only] [--source PATH] [--set node.param=value ...]
+
+This is a command-line tool: its output is the report, so it prints to stdout. The nodes log through
+their ROS loggers as usual.
+"""
+from __future__ import annotations
+
+import collections
+import math
+import sys
+import threading
+import time
+
+from . import pipeline
+from .stats import LatencyWindow
+
+DEMO_OVERRIDES = {
+    # A file played as a live camera, but stamped with its media time so the printout reads as video time.
+    'camera': {'stamp_source': 'media'},
+    'memory': {'stamps_are_wall_clock': False},
+    'policy': {'log_decisions': 'none'},   # the demo prints every Action itself
+}
+
+
+class ActionPrinter:
+    """Subscribes to `action` like a motion controller would and keeps the figures for the summary."""
+
+    def __init__(self, changes_only: bool, out=sys.stdout):
+        self.changes_only = changes_only
+        self.out = out
+        self.count = 0
+        self.by_action = collections.Counter()
+        self.latency = {k: LatencyWindow(100_000) for k in
+                        ('capture_to_embed_ms', 'embed_ms', 'embed_to_decide_ms', 'capture_to_decide_ms')}
+        self.last_at = time.monotonic()
+        self.node = None
+
+    def make_node(self):
+        from rclpy.node import Node
+        from . import qos
+        from .msg import Action
+        self.node = Node('demo_action_printer')
+        self.node.create_subscription(Action, 'action', self.on_action, qos.ACTION)
+        return self.node
+
+    def on_action(self, msg) -> None:
+        self.count += 1
+        self.by_action[msg.action] += 1
+        self.last_at = time.monotonic()
+        for key, window in self.latency.items():
+            window.add(getattr(msg, key))
+        if self.changes_only and not msg.changed:
+            return
+        media = msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9
+        score = '   -  ' if math.isnan(msg.score) else f'{msg.score:6.3f}'
+        mark = '*' if msg.changed else ' '
+        self.out.write(f'{media:7.2f}s {mark}{msg.action:<16} score {score}  latency {msg.capture_to_decide_ms:6.1f} ms'
+                       f'  #{msg.frame_sequence:<4} {msg.matched_prompt!r}\n')
+        self.out.flush()
+
+
+def summary(camera, embedder, printer: ActionPrinter) -> str:
+    c, e = camera.counts, embedder.counts
+    lines = ['', 'summary',
+             f"  frames captured {c['captured']}  published {c['published']}  gated {c['gated']}  "
+             f"rate-skipped {c['rate_skipped']}  dropped at capture {c['dropped']}",
+             f"  frames embedded {e['embedded']}  dropped before embedding {e['dropped']}  lost {e['lost']}",
+             f"  actions {printer.count}: " + ', '.join(f'{k} {v}' for k, v in printer.by_action.most_common())]
+    for key, window in printer.latency.items():
+        lines.append(f'  {key:<22} p50 {window.percentile(50):7.1f} ms  p99 {window.percentile(99):7.1f} ms')
+    return '\n'.join(lines) + '\n'
+
+
+def main(argv=None) -> int:
+    parser = pipeline.build_parser('vidaction_demo')
+    parser.add_argument('--changes-only', action='store_true', help='print only Actions that change the action')
+    parser.add_argument('--timeout', type=float, default=600.0, help='give up after this many seconds')
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    overrides = pipeline.collect_overrides(args, composed=True)
+    for node, params in DEMO_OVERRIDES.items():
+        for key, value in params.items():
+            overrides[node].setdefault(key, value)
+
+    import rclpy
+    from rclpy.executors import MultiThreadedExecutor
+    rclpy.init(args=pipeline.ros_args_for(args))
+    printer = ActionPrinter(args.changes_only)
+    nodes = []
+    try:
+        printer_node = printer.make_node()   # first, so it hears the very first Action
+        sys.stdout.write('loading the model and starting the pipeline...\n')
+        nodes = [factory() for factory in pipeline.node_factories(overrides)]
+        camera, embedder = nodes[0], nodes[1]
+        executor = MultiThreadedExecutor(num_threads=4)
+        for node in [printer_node] + nodes:
+            executor.add_node(node)
+        spinner = threading.Thread(target=executor.spin, daemon=True)
+        spinner.start()
+        deadline = time.monotonic() + args.timeout
+        # Done when the file has ended and the last Action has had time to come through.
+        while time.monotonic() < deadline and rclpy.ok():
+            if camera.finished.wait(0.2) and time.monotonic() - printer.last_at > 2.0:
+                break
+        sys.stdout.write(summary(camera, embedder, printer))
+        return 0 if printer.count > 0 else 1
+    except KeyboardInterrupt:
+        return 130
+    finally:
+        for node in reversed(nodes):
+            getattr(node, 'close', lambda: None)()
+            node.destroy_node()
+        rclpy.try_shutdown()
+
+
+if __name__ == '__main__':
+    raise SystemExit(main())

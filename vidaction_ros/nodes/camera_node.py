@@ -1,0 +1,245 @@
+"""Camera ingest node: a video file, V4L2 device, RTSP/HTTP stream or sensor_msgs/Image topic in,
+FrameRef out at the reasoning rate, gated by scene change.
+
+Two pacing modes:
+  live (default)  - a capture thread grabs and downscales, latest frame wins; a timer at `rate_hz`
+                    publishes the newest frame if the gate passes it. Inference never blocks capture.
+  lockstep        - for tests and replay: every frame of a file is published in order, stamped with its
+                    media time, and the next one only after the Action for the previous one came back.
+"""
+from __future__ import annotations
+
+import threading
+import time
+
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
+from rclpy.node import Node
+from sensor_msgs.msg import Image
+
+from .. import qos
+from ..conversions import image_to_bgr, to_time
+from ..frame_source import CaptureThread, CapturedFrame, OpenCvSource, SourceError, downscale
+from ..image_codec import ImageFormatError
+from ..msg import Action, FrameRef
+from ..params import Param, ParameterError, declare
+from ..rate import RateLimiter
+from ..scene_gate import SceneChangeGate
+from ..transport import MODES, FrameSender
+from .runtime import main_for
+
+DEFAULT_VIDEO = '/usr/share/doc/opencv-doc/examples/data/vtest.avi'
+
+PARAMS = [
+    Param('source', DEFAULT_VIDEO, 'video file path, V4L2 device (/dev/video0 or 0), rtsp:// or http:// URL, '
+          'or "topic" to read sensor_msgs/Image from image_topic', allow_empty=False),
+    Param('image_topic', 'image_raw', 'input sensor_msgs/Image topic when source is "topic"'),
+    Param('loop', False, 'restart a video file at its end'),
+    Param('realtime', True, 'pace a video file at its own fps, as a camera would deliver it'),
+    Param('max_width', 640, 'working resolution: frames are downscaled at once to fit', 16, 8192),
+    Param('max_height', 480, 'working resolution height bound', 16, 8192),
+    Param('rate_hz', 10.0, 'reasoning rate: frames per second handed to the embedder', 0.1, 240.0),
+    Param('gate_enabled', True, 'skip frames that look like the last published one'),
+    Param('gate_threshold', 2.0, 'scene-change gate: mean absolute grey difference (0-255) that counts as a '
+          'change', 0.0, 255.0),
+    Param('gate_max_skip_s', 1.0, 'publish a keyframe at least this often even if nothing changed', 0.01, 3600.0),
+    Param('transport', 'image', 'frame transport: inproc (composed, by reference) or image (cross-process)',
+          choices=MODES),
+    Param('interop_image_topic', '', 'also publish sensor_msgs/Image here for rviz/rqt/bags ("" = off)'),
+    Param('frame_id', 'camera', 'frame_id of published headers'),
+    Param('stamp_source', 'wall', 'header stamp: wall (capture wall clock) or media (file media time)',
+          choices=('wall', 'media')),
+    Param('lockstep', False, 'publish every frame in order, each after the previous Action (deterministic)'),
+    Param('lockstep_timeout_s', 20.0, 'lockstep: re-send a frame whose Action did not come back in time',
+          0.1, 3600.0),
+    Param('shutdown_at_end', False, 'shut the process down when a non-looping file ends'),
+    Param('max_frames', 0, 'stop after publishing this many frames (0 = no limit); for tests and benches',
+          0, 2**31),
+]
+
+
+class CameraNode(Node):
+    def __init__(self, name: str = 'camera', **kwargs):
+        super().__init__(name, **kwargs)
+        self.p = declare(self, PARAMS)
+        if self.p['lockstep'] and self.p['source'] == 'topic':
+            raise ParameterError("parameter 'lockstep': needs a file source, not source='topic'")
+        self.sender = FrameSender(self, self.p['transport'], 'camera/frame', lockstep=self.p['lockstep'],
+                                  interop_topic=self.p['interop_image_topic'])
+        self.gate = SceneChangeGate(self.p['gate_threshold'], self.p['gate_max_skip_s'],
+                                    enabled=self.p['gate_enabled'] and not self.p['lockstep'])
+        self.rate = RateLimiter(self.p['rate_hz'])
+        self.sequence = 0
+        self.counts = {'captured': 0, 'published': 0, 'gated': 0, 'dropped': 0, 'rate_skipped': 0,
+                       'bad_input': 0, 'resent': 0}
+        self.finished = threading.Event()
+        self._lock = threading.Lock()
+        self.capture = None
+        self.source = None
+        group = MutuallyExclusiveCallbackGroup()
+        if self.p['source'] == 'topic':
+            self.create_subscription(Image, self.p['image_topic'], self._on_image, qos.IMAGE, callback_group=group)
+        elif self.p['lockstep']:
+            self.source = OpenCvSource(self.p['source'], loop=False)
+            self.source.open()   # fails at startup with the path when it cannot be opened
+            self._pending: FrameRef | None = None
+            self._pending_image = None
+            self._sent_at = 0.0
+            self._started = False
+            self.create_subscription(Action, 'action', self._on_action, qos.ACTION, callback_group=group)
+            self.create_timer(0.05, self._lockstep_tick, callback_group=group)
+        else:
+            self.source = OpenCvSource(self.p['source'], loop=self.p['loop'])
+            self.capture = CaptureThread(self.source, self.p['max_width'], self.p['max_height'],
+                                         realtime=self.p['realtime'], logger=_LoggerAdapter(self.get_logger()))
+            self.capture.start()
+            self.create_timer(1.0 / self.p['rate_hz'] / 2.0, self._live_tick, callback_group=group)
+        self.get_logger().info(
+            f"camera up: source={self.source.display_uri if self.source else self.p['image_topic']} "
+            f"transport={self.p['transport']} rate={self.p['rate_hz']} Hz lockstep={self.p['lockstep']}")
+
+    # -- building and publishing -------------------------------------------------------------------------
+    def _make_ref(self, frame: CapturedFrame) -> FrameRef:
+        msg = FrameRef()
+        stamp_s = frame.media_s if (self.p['stamp_source'] == 'media' and frame.media_s is not None) \
+            else frame.captured_wall_s
+        msg.header.stamp = to_time(stamp_s)
+        msg.header.frame_id = self.p['frame_id']
+        msg.sequence = self.sequence
+        self.sequence += 1
+        msg.source_width, msg.source_height = frame.source_size
+        msg.times.captured = to_time(frame.captured_wall_s)
+        return msg
+
+    def _publish(self, msg: FrameRef, image) -> None:
+        msg.times.published = to_time(time.time())
+        self.sender.send(msg, image)
+        self.counts['published'] += 1
+
+    def _limit_reached(self) -> bool:
+        return 0 < self.p['max_frames'] <= self.counts['published']
+
+    def _finish(self) -> None:
+        if not self.finished.is_set():
+            self.finished.set()
+            self.get_logger().info(f'source finished: {self.counts}')
+            if self.p['shutdown_at_end']:
+                self._shutdown_soon()
+
+    def _stamp_s(self, frame: CapturedFrame) -> float:
+        return frame.media_s if frame.media_s is not None else frame.captured_wall_s
+
+    def _offer(self, frame: CapturedFrame) -> None:
+        """Rate limit, gate, publish one captured frame (live and topic modes)."""
+        stamp_s = self._stamp_s(frame)
+        if not self.rate.ready(stamp_s):
+            self.counts['rate_skipped'] += 1
+            return
+        result = self.gate.check(frame.image, stamp_s)
+        if not result.passed:
+            self.counts['gated'] += 1
+            return
+        msg = self._make_ref(frame)
+        msg.scene_change = result.score if result.score != float('inf') else -1.0
+        msg.keyframe = result.keyframe
+        self._publish(msg, frame.image)
+
+    # -- live --------------------------------------------------------------------------------------------
+    def _live_tick(self) -> None:
+        if self.finished.is_set():
+            return
+        frame = self.capture.slot.take()
+        if frame is not None:
+            self._offer(frame)
+        self.counts['captured'] = self.capture.captured
+        self.counts['dropped'] = self.capture.slot.overwritten
+        if self.capture.finished.is_set() or self._limit_reached():
+            self._finish()
+
+    def _on_image(self, msg: Image) -> None:
+        try:
+            image = image_to_bgr(msg)
+        except ImageFormatError as err:
+            self.counts['bad_input'] += 1
+            self.get_logger().warning(f'dropped input image: {err}', throttle_duration_sec=5.0)
+            return
+        now = time.time()
+        stamp_s = msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9
+        small = downscale(image, self.p['max_width'], self.p['max_height'])
+        self.counts['captured'] += 1
+        frame = CapturedFrame(small, self.counts['captured'] - 1, stamp_s, now, (msg.width, msg.height))
+        # A bag's stamps are the capture times: keep them (media), never the replay wall clock.
+        self._offer(frame)
+
+    # -- lockstep ----------------------------------------------------------------------------------------
+    def _downstream_ready(self) -> bool:
+        return (self.sender.publisher.get_subscription_count() > 0
+                and self.count_subscribers('embedding') > 0
+                and self.count_subscribers('memory/context') > 0
+                and self.count_publishers('action') > 0)
+
+    def _next_lockstep(self) -> None:
+        image, index, media = (None, 0, None) if self._limit_reached() else self.source.read()
+        if image is None:
+            self._pending = None
+            self._finish()
+            return
+        now = time.time()
+        h, w = image.shape[:2]
+        small = downscale(image, self.p['max_width'], self.p['max_height'])
+        self.counts['captured'] += 1
+        frame = CapturedFrame(small, index, media, now, (w, h))
+        msg = self._make_ref(frame)
+        msg.scene_change = -1.0
+        self._pending, self._pending_image = msg, small
+        self._sent_at = time.monotonic()
+        self._publish(msg, small)
+
+    def _lockstep_tick(self) -> None:
+        if self.finished.is_set():
+            return
+        if not self._started:
+            if self._downstream_ready():
+                self._started = True
+                self._next_lockstep()
+            return
+        if self._pending is not None and time.monotonic() - self._sent_at > self.p['lockstep_timeout_s']:
+            self.counts['resent'] += 1
+            self.get_logger().warning(f'no Action for frame {self._pending.sequence} within '
+                                      f"{self.p['lockstep_timeout_s']} s: re-sending it")
+            self._sent_at = time.monotonic()
+            self._publish(self._pending, self._pending_image)
+
+    def _on_action(self, msg: Action) -> None:
+        if self._pending is not None and msg.frame_sequence == self._pending.sequence:
+            self._next_lockstep()
+
+    def _shutdown_soon(self) -> None:
+        import rclpy
+        self.create_timer(0.5, lambda: rclpy.try_shutdown())
+
+    def close(self) -> None:
+        if self.capture is not None:
+            self.capture.stop()
+        elif self.source is not None:
+            self.source.close()
+
+
+class _LoggerAdapter:
+    """Lets the pure capture core log through the node's logger (rclpy loggers lack .warning's siblings)."""
+
+    def __init__(self, logger):
+        self._logger = logger
+
+    def info(self, msg):
+        self._logger.info(msg)
+
+    def warning(self, msg):
+        self._logger.warning(msg)
+
+
+def main(args=None) -> int:
+    return main_for(CameraNode)
+
+
+if __name__ == '__main__':
+    raise SystemExit(main())

@@ -1,0 +1,106 @@
+"""Embedding node: FrameRef in, Embedding out (full frame + each region of interest the policy names).
+
+The model loads before the subscription exists, so a frame is never accepted by a node that cannot
+embed it yet; text prompts are embedded by the policy node once at startup, never per frame.
+"""
+from __future__ import annotations
+
+import time
+
+from rclpy.node import Node
+
+from .. import qos
+from ..backends import create_backend
+from ..conversions import ms_between, to_time
+from ..frame_store import FrameLost
+from ..image_codec import ImageFormatError
+from ..msg import Embedding, FrameRef, RegionEmbedding
+from ..params import Param, declare
+from ..paths import resolve_policy_file
+from ..stats import LatencyWindow
+from .runtime import main_for
+
+PARAMS = [
+    Param('backend', 'cpu', 'embedding backend (cpu is the offline default)', choices=('cpu', 'clip_onnx')),
+    Param('model_path', '', 'model directory/file for backends that load from a path (clip_onnx)'),
+    Param('policy_file', '', 'policy YAML whose regions of interest are embedded besides the full frame ("" = package default)'),
+    Param('threads', 2, 'CPU threads for the model', 1, 64),
+    Param('lockstep', False, 'reliable deep frame queue (deterministic replay) instead of newest-wins'),
+]
+
+
+def load_regions(policy_file: str):
+    from ..policy import load_policy
+    return list(load_policy(resolve_policy_file(policy_file)).regions.values())
+
+
+def backend_params(p: dict) -> dict:
+    if p['backend'] == 'cpu':
+        return {'threads': p['threads']}
+    return {'model_path': p['model_path'], 'threads': p['threads']}
+
+
+class EmbedderNode(Node):
+    def __init__(self, name: str = 'embedder', **kwargs):
+        super().__init__(name, **kwargs)
+        self.p = declare(self, PARAMS)
+        self.regions = load_regions(self.p['policy_file'])
+        started = time.monotonic()
+        self.backend = create_backend(self.p['backend'], **backend_params(self.p))
+        self.backend.activate()
+        self.get_logger().info(f'backend {self.backend.name} ({self.backend.model_id}, dim {self.backend.dim}) '
+                               f'ready in {time.monotonic() - started:.1f} s; regions: '
+                               f'{[r.name for r in self.regions]}')
+        self.counts = {'received': 0, 'embedded': 0, 'lost': 0, 'bad_input': 0, 'dropped': 0}
+        self.latency = LatencyWindow()
+        self._last_sequence = None
+        self.publisher = self.create_publisher(Embedding, 'embedding', qos.EMBEDDING)
+        self.create_subscription(FrameRef, 'camera/frame', self._on_frame, qos.frame_qos(self.p['lockstep']))
+
+    def _on_frame(self, ref: FrameRef) -> None:
+        self.counts['received'] += 1
+        if self._last_sequence is not None and ref.sequence > self._last_sequence + 1:
+            # Frames the newest-wins queue replaced while we were busy: counted, not silent.
+            self.counts['dropped'] += ref.sequence - self._last_sequence - 1
+        self._last_sequence = ref.sequence
+        times = ref.times
+        times.embed_start = to_time(time.time())
+        try:
+            from ..transport import resolve
+            image = resolve(ref)
+            result = self.backend.embed_images([image], self.regions)[0]
+        except FrameLost as err:
+            self.counts['lost'] += 1
+            self.get_logger().warning(f'frame {ref.sequence} lost: {err}', throttle_duration_sec=5.0)
+            return
+        except (ImageFormatError, ValueError) as err:
+            self.counts['bad_input'] += 1
+            self.get_logger().warning(f'frame {ref.sequence} rejected: {err}', throttle_duration_sec=5.0)
+            return
+        times.embed_end = to_time(time.time())
+        msg = Embedding()
+        msg.header = ref.header
+        msg.sequence = ref.sequence
+        msg.model = self.backend.model_id
+        msg.dim = int(result.vector.size)
+        msg.vector = result.vector.tolist()
+        for name, region in result.regions.items():
+            msg.regions.append(RegionEmbedding(name=name, vector=region.vector.tolist(),
+                                               detections=region.detections,
+                                               detection_confidence=float(region.confidence)))
+        msg.top_concepts = list(result.top_concepts)
+        msg.times = times
+        self.publisher.publish(msg)
+        self.counts['embedded'] += 1
+        self.latency.add(ms_between(times.embed_start, times.embed_end))
+
+    def close(self) -> None:
+        self.backend.deactivate()
+
+
+def main(args=None) -> int:
+    return main_for(EmbedderNode)
+
+
+if __name__ == '__main__':
+    raise SystemExit(main())

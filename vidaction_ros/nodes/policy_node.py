@@ -1,0 +1,118 @@
+"""Action policy node: MemoryContext in, Action out (reliable QoS), one per decided frame.
+
+Prompts are free text from the policy file, embedded once at startup by the same backend (text side
+only) that embeds the frames, so both live in one space. A context from a different model is refused:
+its vectors would be compared in the wrong space.
+"""
+from __future__ import annotations
+
+import math
+import time
+
+from rclpy.node import Node
+
+from .. import qos
+from ..backends import create_backend
+from ..conversions import ms_between, to_seconds, to_time, vector_from_msg
+from ..msg import Action, MemoryContext
+from ..params import Param, declare
+from ..paths import resolve_policy_file
+from ..policy import Observation, PolicyEngine, load_policy
+from ..stats import LatencyWindow
+from .embedder_node import backend_params
+from .runtime import main_for
+
+PARAMS = [
+    Param('policy_file', '', 'policy YAML: actions, prompts, thresholds, regions ("" = the package default)'),
+    Param('backend', 'cpu', 'backend whose text side embeds the prompts; must match the embedder',
+          choices=('cpu', 'clip_onnx')),
+    Param('model_path', '', 'model path for backends that load from a path'),
+    Param('threads', 1, 'CPU threads for the text model', 1, 64),
+    Param('log_decisions', 'all', 'log every decision (all), only changes (changes), or none',
+          choices=('all', 'changes', 'none'), read_only=False),
+]
+
+
+class PolicyNode(Node):
+    def __init__(self, name: str = 'policy', **kwargs):
+        super().__init__(name, **kwargs)
+        self.p = declare(self, PARAMS)
+        self.policy_file = resolve_policy_file(self.p['policy_file'])
+        self.spec = load_policy(self.policy_file)   # PolicyError names the file and field
+        self.backend = create_backend(self.p['backend'], load_images=False, **backend_params(self.p))
+        self.backend.activate()
+        self.engine = PolicyEngine(self.spec, self.backend.embed_texts, logger=self.get_logger())
+        self.counts = {'received': 0, 'decided': 0, 'rejected': 0, 'changes': 0}
+        self.latency = LatencyWindow()
+        self.publisher = self.create_publisher(Action, 'action', qos.ACTION)
+        self.create_subscription(MemoryContext, 'memory/context', self._on_context, qos.EMBEDDING)
+        self.get_logger().info(f"policy {self.policy_file} loaded: actions "
+                               f"{[r.name for r in self.spec.actions]}")
+
+    def _observation(self, context: MemoryContext) -> Observation:
+        embedding = context.embedding
+        if embedding.model != self.backend.model_id:
+            raise ValueError(f'embedding from model {embedding.model!r}, but prompts were embedded with '
+                             f'{self.backend.model_id!r}: set the same backend on embedder and policy')
+        dim = self.backend.dim
+        regions = {r.name: vector_from_msg(r.vector, dim, f'region {r.name!r}') for r in embedding.regions}
+        similarity = context.similarity_to_past if context.has_past else None
+        return Observation(stamp_s=to_seconds(context.header.stamp), sequence=embedding.sequence,
+                           vector=vector_from_msg(embedding.vector, dim, 'embedding'), regions=regions,
+                           similarity_to_past=similarity, lookback_s=context.lookback_s)
+
+    def _on_context(self, context: MemoryContext) -> None:
+        self.counts['received'] += 1
+        try:
+            decision = self.engine.decide(self._observation(context))
+        except ValueError as err:
+            self.counts['rejected'] += 1
+            self.get_logger().error(f'cannot decide frame {context.embedding.sequence}: {err}',
+                                    throttle_duration_sec=5.0)
+            return
+        times = context.embedding.times
+        times.decided = to_time(time.time())
+        msg = Action()
+        msg.header = context.header
+        msg.action = decision.action
+        msg.action_code = decision.action_code
+        msg.priority = decision.priority
+        msg.trigger = decision.trigger
+        msg.changed = decision.changed
+        msg.score = float(decision.score)
+        msg.threshold = float(decision.threshold)
+        msg.matched_prompt = decision.matched_prompt
+        msg.region = decision.region
+        msg.reason = decision.reason
+        msg.frame_sequence = context.embedding.sequence
+        msg.times = times
+        msg.capture_to_embed_ms = ms_between(times.captured, times.embed_start)
+        msg.embed_ms = ms_between(times.embed_start, times.embed_end)
+        msg.embed_to_decide_ms = ms_between(times.embed_end, times.decided)
+        msg.capture_to_decide_ms = ms_between(times.captured, times.decided)
+        msg.evidence = ([context.past] if context.has_past else []) + list(context.neighbours)
+        self.publisher.publish(msg)
+        self.counts['decided'] += 1
+        self.counts['changes'] += int(decision.changed)
+        self.latency.add(msg.capture_to_decide_ms)
+        self._log(msg)
+
+    def _log(self, msg: Action) -> None:
+        mode = self.get_parameter('log_decisions').value
+        if mode == 'none' or (mode == 'changes' and not msg.changed):
+            return
+        score = '' if math.isnan(msg.score) else f' score {msg.score:.3f}/{msg.threshold:.3f}'
+        self.get_logger().info(f't={to_seconds(msg.header.stamp):.2f} #{msg.frame_sequence} {msg.action}'
+                               f'{" (changed)" if msg.changed else ""}{score} '
+                               f'latency {msg.capture_to_decide_ms:.1f} ms: {msg.reason}')
+
+    def close(self) -> None:
+        self.backend.deactivate()
+
+
+def main(args=None) -> int:
+    return main_for(PolicyNode)
+
+
+if __name__ == '__main__':
+    raise SystemExit(main())

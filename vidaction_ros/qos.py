@@ -1,0 +1,29 @@
+"""Every QoS profile of the suite in one place (navigation2 habit): change it here, not in the nodes."""
+from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
+
+# Frames: newest wins. A frame that arrives late is worth less than the next one, so no retries, depth 1.
+FRAME = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1,
+                   reliability=ReliabilityPolicy.BEST_EFFORT, durability=DurabilityPolicy.VOLATILE)
+
+# Lock-step replay (every frame processed): reliable and deep enough to hold the whole hand-off.
+FRAME_LOCKSTEP = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=10,
+                            reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.VOLATILE)
+
+# Embeddings and memory context: small, each one matters to the memory window; reliable, short queue.
+EMBEDDING = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=5,
+                       reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.VOLATILE)
+
+# Actions: a controller must not miss a STOP. Reliable, keep-last 10.
+ACTION = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=10,
+                    reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.VOLATILE)
+
+# sensor_msgs/Image interop (rviz, rqt, bags): the usual sensor-data profile.
+IMAGE = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1,
+                   reliability=ReliabilityPolicy.BEST_EFFORT, durability=DurabilityPolicy.VOLATILE)
+
+DIAGNOSTICS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1,
+                         reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.VOLATILE)
+
+
+def frame_qos(lockstep: bool) -> QoSProfile:
+    return FRAME_LOCKSTEP if lockstep else FRAME
