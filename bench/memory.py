@@ -19,6 +19,10 @@ Engines:
                         skipping the last second: exact slice scan or hnswlib+filter)
   exact_numpy           ring buffer + brute-force inner product (baseline)
 
+Noise: on a loaded host, multithreaded OpenBLAS makes the numpy matvecs (exact
+baseline and the exact slice scan) spike to several ms at p50/p99; run with
+OPENBLAS_NUM_THREADS=1 for stable figures (and consider it for the nodes too).
+
 Usage: python bench/memory.py [--windows 300,3000,30000] [--steady 2000] [--json PATH]
 """
 

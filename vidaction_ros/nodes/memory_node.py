@@ -46,6 +46,8 @@ class MemoryNode(Node):
         self.create_subscription(Embedding, 'embedding', self._on_embedding, qos.EMBEDDING)
         self.create_service(QueryMemory, 'memory/query', self._on_query,
                             callback_group=MutuallyExclusiveCallbackGroup())
+        self.get_logger().info(f"memory up: capacity {self.p['capacity']}, ttl {self.p['ttl_s']} s, "
+                               f"lookback {self.p['lookback_s']} s")
 
     def _window(self, dim: int) -> TemporalMemory:
         # Sized on the first embedding: the dimension belongs to the embedder's model, not to us.
