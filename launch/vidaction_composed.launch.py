@@ -28,9 +28,9 @@ def generate_launch_description():
         DeclareLaunchArgument('policy_file', default_value='',
                               description='policy YAML (empty = the package default config/policy.yaml)'),
         DeclareLaunchArgument('backend', default_value='cpu',
-                              description='embedding backend, the same for embedder and policy', choices=['cpu', 'clip_onnx']),
+                              description='embedding backend, the same for embedder and policy', choices=['cpu']),
         DeclareLaunchArgument('model_path', default_value='',
-                              description='model path for path-loaded backends (clip_onnx)'),
+                              description='model path for path-loaded backends (none yet: reserved for CLIP/SigLIP from a path)'),
         DeclareLaunchArgument('interop_image_topic', default_value='',
                               description='also publish frames as sensor_msgs/Image on this topic (rviz, bags)'),
         # No `name=`: a node-name remap would rename all four nodes of the process to one name.

@@ -61,8 +61,7 @@ class ActionPrinter:
         self.out.flush()
 
 
-def summary(camera, embedder, printer: ActionPrinter) -> str:
-    c, e = camera.counts, embedder.counts
+def summary(c: dict, e: dict, printer: ActionPrinter) -> str:
     lines = ['', 'summary',
              f"  frames captured {c['captured']}  published {c['published']}  gated {c['gated']}  "
              f"rate-skipped {c['rate_skipped']}  dropped at capture {c['dropped']}",
@@ -73,45 +72,58 @@ def summary(camera, embedder, printer: ActionPrinter) -> str:
     return '\n'.join(lines) + '\n'
 
 
-def main(argv=None) -> int:
-    parser = pipeline.build_parser('vidaction_demo')
-    parser.add_argument('--changes-only', action='store_true', help='print only Actions that change the action')
-    parser.add_argument('--timeout', type=float, default=600.0, help='give up after this many seconds')
-    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+def demo_overrides(args) -> dict:
     overrides = pipeline.collect_overrides(args, composed=True)
     for node, params in DEMO_OVERRIDES.items():
         for key, value in params.items():
             overrides[node].setdefault(key, value)
+    return overrides
 
+
+def run(args, printer: ActionPrinter, timeout: float, on_ready=None) -> tuple[dict, dict]:
+    """Run the composed pipeline in this process until the source ends and the last Action is in.
+    Returns the camera's and the embedder's counters."""
     import rclpy
     from rclpy.executors import MultiThreadedExecutor
     rclpy.init(args=pipeline.ros_args_for(args))
-    printer = ActionPrinter(args.changes_only)
     nodes = []
     try:
         printer_node = printer.make_node()   # first, so it hears the very first Action
-        sys.stdout.write('loading the model and starting the pipeline...\n')
-        nodes = [factory() for factory in pipeline.node_factories(overrides)]
+        nodes = [factory() for factory in pipeline.node_factories(demo_overrides(args))]
         camera, embedder = nodes[0], nodes[1]
+        if on_ready:
+            on_ready()
         executor = MultiThreadedExecutor(num_threads=4)
         for node in [printer_node] + nodes:
             executor.add_node(node)
         spinner = threading.Thread(target=executor.spin, daemon=True)
         spinner.start()
-        deadline = time.monotonic() + args.timeout
+        deadline = time.monotonic() + timeout
         # Done when the file has ended and the last Action has had time to come through.
         while time.monotonic() < deadline and rclpy.ok():
             if camera.finished.wait(0.2) and time.monotonic() - printer.last_at > 2.0:
                 break
-        sys.stdout.write(summary(camera, embedder, printer))
-        return 0 if printer.count > 0 else 1
-    except KeyboardInterrupt:
-        return 130
+        return dict(camera.counts), dict(embedder.counts)
     finally:
         for node in reversed(nodes):
             getattr(node, 'close', lambda: None)()
             node.destroy_node()
         rclpy.try_shutdown()
+
+
+def main(argv=None) -> int:
+    parser = pipeline.build_parser('vidaction_demo')
+    parser.add_argument('--changes-only', action='store_true', help='print only Actions that change the action')
+    parser.add_argument('--timeout', type=float, default=600.0, help='give up after this many seconds')
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    printer = ActionPrinter(args.changes_only)
+    sys.stdout.write('loading the model and starting the pipeline...\n')
+    try:
+        camera, embedder = run(args, printer, args.timeout)
+    except KeyboardInterrupt:
+        return 130
+    sys.stdout.write(summary(camera, embedder, printer))
+    return 0 if printer.count > 0 else 1
 
 
 if __name__ == '__main__':

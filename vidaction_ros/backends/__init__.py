@@ -11,7 +11,6 @@ from .base import BackendUnavailable, EmbeddingBackend, FrameEmbedding, RegionVe
 # name -> (module, class). 'cpu' is the offline default that runs everywhere.
 BACKENDS = {
     'cpu': ('.conse_cpu', 'ConseCpuBackend'),
-    'clip_onnx': ('.clip_onnx', 'ClipOnnxBackend'),
 }
 
 

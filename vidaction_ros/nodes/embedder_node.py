@@ -21,8 +21,8 @@ from ..stats import LatencyWindow
 from .runtime import main_for
 
 PARAMS = [
-    Param('backend', 'cpu', 'embedding backend (cpu is the offline default)', choices=('cpu', 'clip_onnx')),
-    Param('model_path', '', 'model directory/file for backends that load from a path (clip_onnx)'),
+    Param('backend', 'cpu', 'embedding backend (cpu is the offline default)', choices=('cpu',)),
+    Param('model_path', '', 'model directory/file for backends that load from a path (none yet)'),
     Param('policy_file', '', 'policy YAML whose regions of interest are embedded besides the full frame ("" = package default)'),
     Param('threads', 1, 'CPU threads of the classifier (the detector beside it uses OpenCV threads)', 1, 64),
     Param('lockstep', False, 'reliable deep frame queue (deterministic replay) instead of newest-wins'),

@@ -25,7 +25,7 @@ from .runtime import main_for
 PARAMS = [
     Param('policy_file', '', 'policy YAML: actions, prompts, thresholds, regions ("" = the package default)'),
     Param('backend', 'cpu', 'backend whose text side embeds the prompts; must match the embedder',
-          choices=('cpu', 'clip_onnx')),
+          choices=('cpu',)),
     Param('model_path', '', 'model path for backends that load from a path'),
     Param('threads', 1, 'CPU threads for the text model', 1, 64),
     Param('log_decisions', 'all', 'log every decision (all), only changes (changes), or none',
