@@ -84,7 +84,7 @@ def run(args, printer: ActionPrinter, timeout: float, on_ready=None) -> tuple[di
     """Run the composed pipeline in this process until the source ends and the last Action is in.
     Returns the camera's and the embedder's counters."""
     import rclpy
-    from rclpy.executors import MultiThreadedExecutor
+    from .nodes.runtime import spin_each_node
     rclpy.init(args=pipeline.ros_args_for(args))
     nodes = []
     try:
@@ -93,11 +93,7 @@ def run(args, printer: ActionPrinter, timeout: float, on_ready=None) -> tuple[di
         camera, embedder = nodes[0], nodes[1]
         if on_ready:
             on_ready()
-        executor = MultiThreadedExecutor(num_threads=4)
-        for node in [printer_node] + nodes:
-            executor.add_node(node)
-        spinner = threading.Thread(target=executor.spin, daemon=True)
-        spinner.start()
+        spin_each_node([printer_node] + nodes)
         deadline = time.monotonic() + timeout
         # Done when the file has ended and the last Action has had time to come through.
         while time.monotonic() < deadline and rclpy.ok():

@@ -3,14 +3,15 @@ from __future__ import annotations
 
 import signal
 import sys
+import threading
 
 import rclpy
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 
 
 
-def run_nodes(factories, args=None, threads: int = 4) -> int:
-    """Create the nodes (in order) and spin them on one executor until shutdown. Returns an exit code."""
+def run_nodes(factories, args=None) -> int:
+    """Create the nodes (in order) and spin each on its own executor until shutdown. Returns an exit code."""
     rclpy.init(args=args)
     # SIGTERM (ros2 launch, systemd, a test harness) shuts down as cleanly as Ctrl-C.
     signal.signal(signal.SIGTERM, lambda *_: rclpy.try_shutdown())
@@ -25,10 +26,12 @@ def run_nodes(factories, args=None, threads: int = 4) -> int:
             # startup with the reason, naming the field, instead of running half-configured.
             rclpy.logging.get_logger('vidaction_ros').fatal(f'startup failed: {err}')
             return 2
-        executor = MultiThreadedExecutor(num_threads=threads)
-        for node in nodes:
-            executor.add_node(node)
-        executor.spin()
+        stopped = threading.Event()
+        rclpy.get_default_context().on_shutdown(stopped.set)
+        executors = spin_each_node(nodes)
+        stopped.wait()
+        for executor in executors:
+            executor.shutdown()
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:
@@ -39,6 +42,30 @@ def run_nodes(factories, args=None, threads: int = 4) -> int:
             node.destroy_node()
         rclpy.try_shutdown()
     return code
+
+
+def spin_each_node(nodes) -> list:
+    """One single-threaded executor per node, each on its own daemon thread.
+
+    Measured in the composed pipeline on 2 cores: rclpy's MultiThreadedExecutor over all nodes let the
+    memory and policy callbacks wait behind the 70 ms embedder callback (embed->Action p50 66 ms); an executor
+    per node lets each node's callback run as soon as its message arrives.
+    """
+    executors = []
+    for node in nodes:
+        executor = SingleThreadedExecutor()
+        executor.add_node(node)
+        threading.Thread(target=_spin_quietly, args=(executor,), name=f'spin-{node.get_name()}',
+                         daemon=True).start()
+        executors.append(executor)
+    return executors
+
+
+def _spin_quietly(executor) -> None:
+    try:
+        executor.spin()
+    except ExternalShutdownException:
+        pass   # the context was shut down (Ctrl-C, SIGTERM, end of file): the normal way out
 
 
 def main_for(node_class) -> int:
