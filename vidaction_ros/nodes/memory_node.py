@@ -1,8 +1,9 @@
 """Temporal memory node: Embedding in, MemoryContext out (the embedding plus what memory knows about it).
 
 The window is an hnswlib index of the last `capacity` frames, evicted by age in message time. Ad-hoc
-queries go through the `memory/query` service in their own callback group, so they never sit in front of
-the per-frame path.
+queries go through the `memory/query` service; the per-frame path never calls it (the policy reads the
+context message). The service has its own callback group so a multi-threaded executor may serve it beside
+inserts (the core's lock keeps hnswlib safe); the default one-executor-per-node spin runs them in turn.
 """
 from __future__ import annotations
 
