@@ -92,7 +92,7 @@ class CameraNode(Node):
         else:
             self.source = OpenCvSource(self.p['source'], loop=self.p['loop'])
             self.capture = CaptureThread(self.source, self.p['max_width'], self.p['max_height'],
-                                         realtime=self.p['realtime'], logger=_LoggerAdapter(self.get_logger()))
+                                         realtime=self.p['realtime'], logger=self.get_logger())
             self.capture.start()
             # Event-driven hand-off: publish as soon as the capture thread delivers a frame. A timer that
             # polls the slot adds up to one timer period of frame age (measured ~30 ms at 10 Hz).
@@ -232,19 +232,6 @@ class CameraNode(Node):
             self.capture.stop()
         elif self.source is not None:
             self.source.close()
-
-
-class _LoggerAdapter:
-    """Lets the pure capture core log through the node's logger (rclpy loggers lack .warning's siblings)."""
-
-    def __init__(self, logger):
-        self._logger = logger
-
-    def info(self, msg):
-        self._logger.info(msg)
-
-    def warning(self, msg):
-        self._logger.warning(msg)
 
 
 def main(args=None) -> int:

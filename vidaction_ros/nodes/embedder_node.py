@@ -18,6 +18,7 @@ from ..msg import Embedding, FrameRef, RegionEmbedding
 from ..params import Param, declare
 from ..paths import resolve_policy_file
 from ..stats import LatencyWindow
+from ..transport import resolve
 from .runtime import main_for
 
 PARAMS = [
@@ -66,7 +67,6 @@ class EmbedderNode(Node):
         times = ref.times
         times.embed_start = to_time(time.time())
         try:
-            from ..transport import resolve
             image = resolve(ref)
             result = self.backend.embed_images([image], self.regions)[0]
         except FrameLost as err:
