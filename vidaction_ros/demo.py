@@ -10,7 +10,6 @@ from __future__ import annotations
 import collections
 import math
 import sys
-import threading
 import time
 
 from . import pipeline
@@ -80,7 +79,7 @@ def demo_overrides(args) -> dict:
     return overrides
 
 
-def run(args, printer: ActionPrinter, timeout: float, on_ready=None) -> tuple[dict, dict]:
+def run(args, printer: ActionPrinter, timeout: float) -> tuple[dict, dict]:
     """Run the composed pipeline in this process until the source ends and the last Action is in.
     Returns the camera's and the embedder's counters."""
     import rclpy
@@ -91,8 +90,6 @@ def run(args, printer: ActionPrinter, timeout: float, on_ready=None) -> tuple[di
         printer_node = printer.make_node()   # first, so it hears the very first Action
         nodes = [factory() for factory in pipeline.node_factories(demo_overrides(args))]
         camera, embedder = nodes[0], nodes[1]
-        if on_ready:
-            on_ready()
         spin_each_node([printer_node] + nodes)
         deadline = time.monotonic() + timeout
         # Done when the file has ended and the last Action has had time to come through.

@@ -68,7 +68,7 @@ class ConseCpuBackend(EmbeddingBackend):
         self.log = logger or logging.getLogger('vidaction_ros.backends.cpu')
         self.model_id = 'conse-efficientnet_lite0+hog/minilm-l6-int8'
         self._text = None
-        self._model = None
+        self._session = None
         self._detector = None
         self._pool = None
 
@@ -104,7 +104,6 @@ class ConseCpuBackend(EmbeddingBackend):
         self._session = ort.InferenceSession(str(model_file), options, providers=['CPUExecutionProvider'])
         self._detector = HogPersonDetector(search_top=self.detector_search_top,
                                            min_confidence=self.detector_min_confidence)
-        self._model = self._session
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix='classifier')
         self.embed_images([np.zeros((self.input_size, self.input_size, 3), np.uint8)])  # warm-up
 
@@ -112,7 +111,7 @@ class ConseCpuBackend(EmbeddingBackend):
         if self._pool is not None:
             self._pool.shutdown(wait=True)
         self._pool = None
-        self._model = None
+        self._session = None
         self._detector = None
         self._text = None
 
@@ -173,7 +172,7 @@ class ConseCpuBackend(EmbeddingBackend):
         return float(min(1.0, confidence_sum / self.detector_saturation))
 
     def embed_images(self, frames: Sequence[np.ndarray], regions: Sequence = ()) -> list[FrameEmbedding]:
-        if self._model is None:
+        if self._session is None:
             raise RuntimeError('backend not activated for images')
         results = []
         for frame in frames:

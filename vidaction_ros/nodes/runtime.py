@@ -9,14 +9,12 @@ import rclpy
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 
 
-
 def run_nodes(factories, args=None) -> int:
     """Create the nodes (in order) and spin each on its own executor until shutdown. Returns an exit code."""
     rclpy.init(args=args)
     # SIGTERM (ros2 launch, systemd, a test harness) shuts down as cleanly as Ctrl-C.
     signal.signal(signal.SIGTERM, lambda *_: rclpy.try_shutdown())
     nodes = []
-    code = 0
     try:
         try:
             for factory in factories:
@@ -32,7 +30,7 @@ def run_nodes(factories, args=None) -> int:
         stopped.wait()
         for executor in executors:
             executor.shutdown()
-    except (KeyboardInterrupt, ExternalShutdownException):
+    except KeyboardInterrupt:
         pass
     finally:
         for node in reversed(nodes):
@@ -41,7 +39,7 @@ def run_nodes(factories, args=None) -> int:
                 close()
             node.destroy_node()
         rclpy.try_shutdown()
-    return code
+    return 0
 
 
 def spin_each_node(nodes) -> list:
