@@ -10,6 +10,8 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .backends import CHOICES as BACKEND_CHOICES
+
 PACKAGE = 'vidaction_ros'
 PARAMS_FILE = 'vidaction.yaml'
 
@@ -48,10 +50,17 @@ LAUNCH_ARGS = (
               (('camera', 'rate_hz'),), 'float'),
     LaunchArg('policy_file', '', 'policy YAML (empty = the package default config/policy.yaml)',
               (('embedder', 'policy_file'), ('policy', 'policy_file'))),
-    LaunchArg('backend', 'cpu', 'embedding backend, the same for embedder and policy',
-              (('embedder', 'backend'), ('policy', 'backend')), choices=('cpu',)),
-    LaunchArg('model_path', '', 'model path for path-loaded backends (none yet: reserved for CLIP/SigLIP from a path)',
+    LaunchArg('backend', 'cpu', 'embedding backend, the same for embedder and policy (auto picks the fastest '
+              'the machine and model_path allow)',
+              (('embedder', 'backend'), ('policy', 'backend')), choices=BACKEND_CHOICES),
+    LaunchArg('model_path', '', 'CLIP/SigLIP model directory: transformers (clip_hf, torch_cuda) or an ONNX '
+              'export (clip_onnx, tensorrt)',
               (('embedder', 'model_path'), ('policy', 'model_path'))),
+    LaunchArg('device', '', 'cpu or cuda for clip_onnx / clip_hf / torch_cuda (empty = backend default)',
+              (('embedder', 'device'), ('policy', 'device')), choices=('', 'cpu', 'cuda')),
+    LaunchArg('precision', '', 'torch_cuda: fp16/bf16/fp32; tensorrt: fp16/int8/fp8/fp32 (empty = fp16 on GPU)',
+              (('embedder', 'precision'), ('policy', 'precision')),
+              choices=('', 'fp32', 'fp16', 'bf16', 'int8', 'fp8')),
     LaunchArg('interop_image_topic', '', 'also publish frames as sensor_msgs/Image on this topic (rviz, bags)',
               (('camera', 'interop_image_topic'),)),
 )

@@ -53,6 +53,8 @@ PARAMS = [
           0.1, 3600.0),
     Param('lockstep_action_subscribers', 1, 'lockstep: start once this many nodes subscribe to `action` '
           '(the camera itself counts; raise it so a recorder or test hears the first frame)', 1, 1000),
+    Param('lockstep_settle_s', 1.0, 'lockstep: wait this long after downstream is discovered before the first '
+          'frame, so DDS endpoint matching between the other nodes completes', 0.0, 60.0),
     Param('shutdown_at_end', False, 'shut the process down when a non-looping file ends'),
     Param('max_frames', 0, 'stop after publishing this many frames (0 = no limit); for tests and benches',
           0, 2**31),
@@ -87,6 +89,7 @@ class CameraNode(Node):
             self._pending_image = None
             self._sent_at = 0.0
             self._started = False
+            self._ready_since = None
             self.create_subscription(Action, 'action', self._on_action, qos.ACTION, callback_group=group)
             self.create_timer(0.05, self._lockstep_tick, callback_group=group)
         else:
@@ -206,7 +209,14 @@ class CameraNode(Node):
         if self.finished.is_set():
             return
         if not self._started:
-            if self._downstream_ready():
+            # The ROS graph shows a subscriber before every publisher has matched it: a fast policy node
+            # would publish the first Actions before a late subscriber's match completes, and reliable
+            # volatile QoS drops them. Start once downstream has looked ready for lockstep_settle_s.
+            if not self._downstream_ready():
+                self._ready_since = None
+            elif self._ready_since is None:
+                self._ready_since = time.monotonic()
+            elif time.monotonic() - self._ready_since >= self.p['lockstep_settle_s']:
                 self._started = True
                 self._next_lockstep()
             return

@@ -10,7 +10,7 @@ import time
 from rclpy.node import Node
 
 from .. import qos
-from ..backends import create_backend
+from ..backends import CHOICES, create_backend
 from ..conversions import ms_between, to_time
 from ..frame_store import FrameLost
 from ..image_codec import ImageFormatError
@@ -21,11 +21,26 @@ from ..stats import LatencyWindow
 from ..transport import resolve
 from .runtime import main_for
 
-PARAMS = [
-    Param('backend', 'cpu', 'embedding backend (cpu is the offline default)', choices=('cpu',)),
-    Param('model_path', '', 'model directory/file for backends that load from a path (none yet)'),
+# Shared with the policy node, whose text side must be the same model.
+BACKEND_PARAMS = [
+    Param('backend', 'cpu', 'embedding backend: cpu (offline default), clip_onnx, clip_hf, torch_cuda, tensorrt, '
+          'or auto (the fastest this machine and model_path allow)', choices=CHOICES),
+    Param('model_path', '', 'model directory for the CLIP-style backends: a transformers directory (clip_hf, '
+          'torch_cuda) or an ONNX export from vidaction_ros.backends.clip_export (clip_onnx, tensorrt)'),
+    Param('device', '', 'clip_onnx / clip_hf / torch_cuda: cpu or cuda ("" = the backend\'s default)',
+          choices=('', 'cpu', 'cuda')),
+    Param('precision', '', 'torch_cuda: fp16 / bf16 / fp32; tensorrt: fp16 / int8 / fp8 / fp32 '
+          '("" = the backend\'s default, fp16 on a GPU)', choices=('', 'fp32', 'fp16', 'bf16', 'int8', 'fp8')),
+    Param('threads', 1, 'CPU threads of the model runtime (the cpu backend\'s detector uses OpenCV threads '
+          'beside it)', 1, 64),
+]
+
+PARAMS = BACKEND_PARAMS + [
     Param('policy_file', '', 'policy YAML whose regions of interest are embedded besides the full frame ("" = package default)'),
-    Param('threads', 1, 'CPU threads of the classifier (the detector beside it uses OpenCV threads)', 1, 64),
+    Param('max_batch', 4, 'tensorrt: engine batch profile; needs 1 + the number of policy regions', 1, 64),
+    Param('engine_cache_dir', '', 'tensorrt: where built engines are cached ("" = ~/.cache/vidaction_ros/tensorrt)'),
+    Param('calibration_source', '', 'tensorrt int8 on a float ONNX: video of the robot\'s scenes to calibrate on'),
+    Param('calibration_frames', 256, 'tensorrt int8: frames taken evenly from calibration_source', 1, 100000),
     Param('lockstep', False, 'reliable deep frame queue (deterministic replay) instead of newest-wins'),
 ]
 
@@ -35,10 +50,11 @@ def load_regions(policy_file: str):
     return list(load_policy(resolve_policy_file(policy_file)).regions.values())
 
 
-def backend_params(p: dict) -> dict:
-    if p['backend'] == 'cpu':
-        return {'threads': p['threads']}
-    return {'model_path': p['model_path'], 'threads': p['threads']}
+def backend_params(p: dict, logger=None) -> dict:
+    """The backend constructor arguments from a node's parameters (create_backend keeps those it takes)."""
+    names = ('model_path', 'device', 'precision', 'threads', 'max_batch', 'engine_cache_dir',
+             'calibration_source', 'calibration_frames')
+    return {**{n: p[n] for n in names if n in p}, 'logger': logger}
 
 
 class EmbedderNode(Node):
@@ -47,7 +63,7 @@ class EmbedderNode(Node):
         self.p = declare(self, PARAMS)
         self.regions = load_regions(self.p['policy_file'])
         started = time.monotonic()
-        self.backend = create_backend(self.p['backend'], **backend_params(self.p))
+        self.backend = create_backend(self.p['backend'], **backend_params(self.p, self.get_logger()))
         self.backend.activate()
         self.get_logger().info(f'backend {self.backend.name} ({self.backend.model_id}, dim {self.backend.dim}) '
                                f'ready in {time.monotonic() - started:.1f} s; regions: '

@@ -19,15 +19,11 @@ from ..params import Param, declare
 from ..paths import resolve_policy_file
 from ..policy import Observation, PolicyEngine, load_policy
 from ..stats import LatencyWindow
-from .embedder_node import backend_params
+from .embedder_node import BACKEND_PARAMS, backend_params
 from .runtime import main_for
 
-PARAMS = [
+PARAMS = BACKEND_PARAMS + [
     Param('policy_file', '', 'policy YAML: actions, prompts, thresholds, regions ("" = the package default)'),
-    Param('backend', 'cpu', 'backend whose text side embeds the prompts; must match the embedder',
-          choices=('cpu',)),
-    Param('model_path', '', 'model path for backends that load from a path'),
-    Param('threads', 1, 'CPU threads for the text model', 1, 64),
     Param('log_decisions', 'all', 'log every decision (all), only changes (changes), or none',
           choices=('all', 'changes', 'none'), read_only=False),
 ]
@@ -39,7 +35,8 @@ class PolicyNode(Node):
         self.p = declare(self, PARAMS)
         self.policy_file = resolve_policy_file(self.p['policy_file'])
         self.spec = load_policy(self.policy_file)   # PolicyError names the file and field
-        self.backend = create_backend(self.p['backend'], load_images=False, **backend_params(self.p))
+        self.backend = create_backend(self.p['backend'], load_images=False,
+                                      **backend_params(self.p, self.get_logger()))
         self.backend.activate()
         self.engine = PolicyEngine(self.spec, self.backend.embed_texts, logger=self.get_logger())
         self.counts = {'received': 0, 'decided': 0, 'rejected': 0, 'changes': 0}

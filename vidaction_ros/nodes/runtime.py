@@ -6,6 +6,7 @@ import sys
 import threading
 
 import rclpy
+from rclpy._rclpy_pybind11 import RCLError
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 
 
@@ -38,7 +39,10 @@ def run_nodes(factories, args=None) -> int:
             if close:
                 close()
             node.destroy_node()
-        rclpy.try_shutdown()
+        try:
+            rclpy.try_shutdown()
+        except RCLError:
+            pass    # the SIGINT handler shut the context down between try_shutdown's check and its call
     return 0
 
 
