@@ -282,6 +282,7 @@ setup(
         'console_scripts': [
             'vidaction-demo=vidaction_ros.demo:main',
             'vidaction-pipeline=vidaction_ros.pipeline:main',
+            'vidaction-bag=vidaction_ros.bag_cli:main',
         ],
     },
     zip_safe=False,

@@ -17,7 +17,9 @@ from rclpy.node import Node
 from sensor_msgs.msg import Image
 
 from .. import qos
-from ..conversions import image_to_bgr, to_time
+from ..bag_io import BagFrameSource, is_bag_path
+from ..compressed import message_to_bgr
+from ..conversions import to_time
 from ..frame_source import CaptureThread, CapturedFrame, OpenCvSource, SourceError, downscale
 from ..image_codec import ImageFormatError
 from ..msg import Action, FrameRef
@@ -31,8 +33,12 @@ DEFAULT_VIDEO = '/usr/share/doc/opencv-doc/examples/data/vtest.avi'
 
 PARAMS = [
     Param('source', DEFAULT_VIDEO, 'video file path, V4L2 device (/dev/video0 or 0), rtsp:// or http:// URL, '
-          'or "topic" to read sensor_msgs/Image from image_topic', allow_empty=False),
-    Param('image_topic', 'image_raw', 'input sensor_msgs/Image topic when source is "topic"'),
+          'a rosbag2 bag (directory or .mcap/.db3), or "topic" to subscribe to image_topic', allow_empty=False),
+    Param('image_topic', 'image_raw', 'input image topic when source is "topic"'),
+    Param('image_transport', 'auto', 'type of image_topic: raw (sensor_msgs/Image), compressed '
+          '(sensor_msgs/CompressedImage), or auto (compressed when the name ends in /compressed)',
+          choices=('auto', 'raw', 'compressed')),
+    Param('bag_topic', '', 'image topic to read when source is a rosbag2 bag ("" = its only image topic)'),
     Param('loop', False, 'restart a video file at its end'),
     Param('realtime', True, 'pace a video file at its own fps, as a camera would deliver it'),
     Param('max_width', 640, 'working resolution: frames are downscaled at once to fit', 16, 8192),
@@ -42,11 +48,13 @@ PARAMS = [
     Param('gate_threshold', 2.0, 'scene-change gate: mean absolute grey difference (0-255) that counts as a '
           'change', 0.0, 255.0),
     Param('gate_max_skip_s', 1.0, 'publish a keyframe at least this often even if nothing changed', 0.01, 3600.0),
-    Param('transport', 'image', 'frame transport: inproc (composed, by reference) or image (cross-process)',
+    Param('transport', 'shm', 'frame transport: inproc (composed, by reference), shm (shared-memory ring, '
+          'processes on one host) or image (pixels in the message: other hosts, or interop)',
           choices=MODES),
     Param('interop_image_topic', '', 'also publish sensor_msgs/Image here for rviz/rqt/bags ("" = off)'),
     Param('frame_id', 'camera', 'frame_id of published headers'),
-    Param('stamp_source', 'wall', 'header stamp: wall (capture wall clock) or media (file media time)',
+    Param('stamp_source', 'wall', 'header stamp of file/device frames: wall (capture wall clock) or media (file '
+          'media time). Topic input always keeps the incoming header stamp (the driver\'s capture time)',
           choices=('wall', 'media')),
     Param('lockstep', False, 'publish every frame in order, each after the previous Action (deterministic)'),
     Param('lockstep_timeout_s', 20.0, 'lockstep: re-send a frame whose Action did not come back in time',
@@ -68,7 +76,8 @@ class CameraNode(Node):
         if self.p['lockstep'] and self.p['source'] == 'topic':
             raise ParameterError("parameter 'lockstep': needs a file source, not source='topic'")
         self.sender = FrameSender(self, self.p['transport'], 'camera/frame', lockstep=self.p['lockstep'],
-                                  interop_topic=self.p['interop_image_topic'])
+                                  interop_topic=self.p['interop_image_topic'],
+                                  max_frame=(self.p['max_width'], self.p['max_height']))
         self.gate = SceneChangeGate(self.p['gate_threshold'], self.p['gate_max_skip_s'],
                                     enabled=self.p['gate_enabled'] and not self.p['lockstep'])
         self.rate = RateLimiter(self.p['rate_hz'])
@@ -81,9 +90,10 @@ class CameraNode(Node):
         self.source = None
         group = MutuallyExclusiveCallbackGroup()
         if self.p['source'] == 'topic':
-            self.create_subscription(Image, self.p['image_topic'], self._on_image, qos.IMAGE, callback_group=group)
+            self.create_subscription(self._input_type(), self.p['image_topic'], self._on_image, qos.IMAGE,
+                                     callback_group=group)
         elif self.p['lockstep']:
-            self.source = OpenCvSource(self.p['source'], loop=False)
+            self.source = self._open_source(loop=False)
             self.source.open()   # fails at startup with the path when it cannot be opened
             self._pending: FrameRef | None = None
             self._pending_image = None
@@ -93,7 +103,7 @@ class CameraNode(Node):
             self.create_subscription(Action, 'action', self._on_action, qos.ACTION, callback_group=group)
             self.create_timer(0.05, self._lockstep_tick, callback_group=group)
         else:
-            self.source = OpenCvSource(self.p['source'], loop=self.p['loop'])
+            self.source = self._open_source(loop=self.p['loop'])
             self.capture = CaptureThread(self.source, self.p['max_width'], self.p['max_height'],
                                          realtime=self.p['realtime'], logger=self.get_logger())
             self.capture.start()
@@ -109,8 +119,8 @@ class CameraNode(Node):
     # -- building and publishing -------------------------------------------------------------------------
     def _make_ref(self, frame: CapturedFrame) -> FrameRef:
         msg = FrameRef()
-        stamp_s = frame.media_s if (self.p['stamp_source'] == 'media' and frame.media_s is not None) \
-            else frame.captured_wall_s
+        keep_source_stamp = self.p['stamp_source'] == 'media' or self.p['source'] == 'topic'
+        stamp_s = frame.media_s if (keep_source_stamp and frame.media_s is not None) else frame.captured_wall_s
         msg.header.stamp = to_time(stamp_s)
         msg.header.frame_id = self.p['frame_id']
         msg.sequence = self.sequence
@@ -165,9 +175,22 @@ class CameraNode(Node):
         if self.capture.finished.is_set() or self._limit_reached():
             self._finish()
 
-    def _on_image(self, msg: Image) -> None:
+    def _open_source(self, loop: bool):
+        """A video file / device / URL through OpenCV, or a rosbag2 bag's image topic (same interface)."""
+        source = self.p['source']
+        if is_bag_path(source):
+            return BagFrameSource(source, self.p['bag_topic'] or None, loop)
+        return OpenCvSource(source, loop=loop)
+
+    def _input_type(self):
+        mode = self.p['image_transport']
+        topic = self.p['image_topic'].rstrip('/')
+        compressed = mode == 'compressed' or (mode == 'auto' and topic.endswith('/compressed'))
+        return CompressedImage if compressed else Image
+
+    def _on_image(self, msg) -> None:
         try:
-            image = image_to_bgr(msg)
+            image = message_to_bgr(msg)     # Image (any common encoding) or CompressedImage (jpeg/png)
         except ImageFormatError as err:
             self.counts['bad_input'] += 1
             self.get_logger().warning(f'dropped input image: {err}', throttle_duration_sec=5.0)
@@ -176,7 +199,7 @@ class CameraNode(Node):
         stamp_s = msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9
         small = downscale(image, self.p['max_width'], self.p['max_height'])
         self.counts['captured'] += 1
-        frame = CapturedFrame(small, self.counts['captured'] - 1, stamp_s, now, (msg.width, msg.height))
+        frame = CapturedFrame(small, self.counts['captured'] - 1, stamp_s, now, (image.shape[1], image.shape[0]))
         # A bag's stamps are the capture times: keep them (media), never the replay wall clock.
         self._offer(frame)
 
@@ -242,6 +265,7 @@ class CameraNode(Node):
             self.capture.stop()
         elif self.source is not None:
             self.source.close()
+        self.sender.close()     # unlinks the shared-memory ring (a SIGKILLed camera's is reclaimed at restart)
 
 
 def main(args=None) -> int:
