@@ -27,6 +27,8 @@ LOCKSTEP_OVERRIDES = {
     'camera': {'lockstep': True, 'stamp_source': 'media', 'realtime': False},
     'embedder': {'lockstep': True},
     'memory': {'stamps_are_wall_clock': False},
+    # A deterministic replay must not depend on wall-clock hiccups: the watchdog guards live runs.
+    'policy': {'watchdog_deadline_s': 0.0},
 }
 
 

@@ -19,13 +19,23 @@ from ..params import Param, declare
 from ..paths import resolve_policy_file
 from ..policy import Observation, PolicyEngine, load_policy
 from ..stats import LatencyWindow
+from ..watchdog import PerceptionWatchdog
 from .embedder_node import BACKEND_PARAMS, backend_params
 from .runtime import main_for
+
+FAILSAFE_CODES = ('FAILSAFE', 'HOVER', 'STOP', 'EMERGENCY_BRAKE', 'SLOW_DOWN')
 
 PARAMS = BACKEND_PARAMS + [
     Param('policy_file', '', 'policy YAML: actions, prompts, thresholds, regions ("" = the package default)'),
     Param('log_decisions', 'all', 'log every decision (all), only changes (changes), or none',
           choices=('all', 'changes', 'none'), read_only=False),
+    Param('watchdog_deadline_s', 0.5, 'publish the failsafe Action when the newest decision\'s frame is older than '
+          'this (0 = off; the CPU default decides ~180 ms after capture at worst at 10 Hz)', 0.0, 60.0),
+    Param('watchdog_period_s', 0.05, 'how often the watchdog looks, and repeats the failsafe while stale',
+          0.005, 5.0),
+    Param('failsafe_action', 'FAILSAFE', 'Action.action name of the failsafe (e.g. HOVER for drones)'),
+    Param('failsafe_code', 'FAILSAFE', 'Action code of the failsafe', choices=FAILSAFE_CODES),
+    Param('failsafe_priority', 255, 'priority of the failsafe Action', 0, 255),
 ]
 
 
@@ -43,6 +53,12 @@ class PolicyNode(Node):
         self.latency = LatencyWindow()
         self.publisher = self.create_publisher(Action, 'action', qos.ACTION)
         self.create_subscription(MemoryContext, 'memory/context', self._on_context, qos.EMBEDDING)
+        self._last_action = ''          # as published, failsafes included: `changed` is about the stream
+        self._last_frame_id = ''
+        self.watchdog = None
+        if self.p['watchdog_deadline_s'] > 0:
+            self.watchdog = PerceptionWatchdog(self.p['watchdog_deadline_s'])
+            self.create_timer(self.p['watchdog_period_s'], self._watchdog_tick)
         self.get_logger().info(f"policy {self.policy_file} loaded: actions "
                                f"{[r.name for r in self.spec.actions]}")
 
@@ -75,7 +91,7 @@ class PolicyNode(Node):
         msg.action_code = decision.action_code
         msg.priority = decision.priority
         msg.trigger = decision.trigger
-        msg.changed = decision.changed
+        msg.changed = decision.changed or decision.action != self._last_action
         msg.score = float(decision.score)
         msg.threshold = float(decision.threshold)
         msg.matched_prompt = decision.matched_prompt
@@ -89,10 +105,45 @@ class PolicyNode(Node):
         msg.capture_to_decide_ms = ms_between(times.captured, times.decided)
         msg.evidence = ([context.past] if context.has_past else []) + list(context.neighbours)
         self.publisher.publish(msg)
+        self._last_action = msg.action
+        self._last_frame_id = msg.header.frame_id
+        if self.watchdog is not None:
+            event = self.watchdog.fresh(to_seconds(msg.header.stamp), msg.frame_sequence, self._now_s())
+            if event is not None:
+                self.get_logger().warning(event.reason)
         self.counts['decided'] += 1
         self.counts['changes'] += int(decision.changed)
         self.latency.add(msg.capture_to_decide_ms)
         self._log(msg)
+
+    def _now_s(self) -> float:
+        # The node clock: wall time live, the bag's /clock under use_sim_time.
+        return self.get_clock().now().nanoseconds * 1e-9
+
+    def _watchdog_tick(self) -> None:
+        now = self._now_s()
+        event = self.watchdog.check(now)
+        if event is None:
+            return
+        msg = Action()
+        msg.header.stamp = to_time(now)
+        msg.header.frame_id = self._last_frame_id
+        msg.action = self.p['failsafe_action']
+        msg.action_code = getattr(Action, f"ACTION_{self.p['failsafe_code']}")
+        msg.priority = self.p['failsafe_priority']
+        msg.trigger = Action.TRIGGER_WATCHDOG
+        msg.changed = msg.action != self._last_action
+        msg.score = math.nan
+        msg.threshold = float(self.watchdog.deadline_s)
+        msg.reason = event.reason
+        msg.frame_sequence = max(event.last_sequence, 0)   # the newest frame that was decided
+        msg.capture_to_decide_ms = float(event.age_s * 1000.0)
+        msg.capture_to_embed_ms = msg.embed_ms = msg.embed_to_decide_ms = math.nan
+        self.publisher.publish(msg)
+        if msg.changed:   # logged once per state change, not at every repeat
+            self.get_logger().error(f'{msg.action}: {event.reason}')
+        self._last_action = msg.action
+        self.counts['failsafes'] = self.watchdog.failsafes
 
     def _log(self, msg: Action) -> None:
         mode = self.get_parameter('log_decisions').value
