@@ -24,8 +24,36 @@ Query engines
 * time-restricted k-NN (``min_age_s`` / ``max_age_s`` / ``exclude_sequence``):
   hnswlib with a ``filter`` callable when many entries qualify, otherwise an
   exact numpy scan of the qualifying time slice (see ``exact_threshold``);
-* similarities are always recomputed exactly from the stored vectors, so both
-  engines report the same numbers for the same entry.
+* time-strided coarse scan, merged into every HNSW query over a span of more
+  than ``coarse_min_span`` entries: an exact scan of at most ``coarse_rows``
+  evenly spaced window entries, then of the full neighbourhood (one stride
+  either side) of the best ``coarse_top`` of them.  Video-aware: consecutive frames are close,
+  so a scene is found through its nearest sample even where HNSW's greedy
+  descent has no gradient to follow.  On a smooth 384-d random walk (locally a
+  chain, globally like uniform random points) HNSW alone reaches recall@10 0.87
+  at 30 000 entries and 0.55 at 300 000; with the merge 1.0 at both, for query
+  p50 0.16 -> 0.39 ms and 0.20 -> 0.75 ms (bench/memory.py, 2 shared cores).
+  Its cost is bounded by ``coarse_rows`` whatever the window size.  Below
+  ``coarse_min_span`` HNSW alone already finds the true neighbours (recall@10
+  1.0 at 3 000 entries) and the pass would only add its ~0.2 ms;
+* similarities are always recomputed from the stored vectors, so all engines
+  report the same numbers for the same entry.
+
+Compact storage (``storage='float16'`` or ``'int8'``)
+---------------------------------------------------
+The ring keeps its own copy of every vector (exact scans, similarities, time
+lookups, ``vector_of``).  That copy may be float16 (half the bytes) or int8 with
+one float32 scale per vector (a quarter plus 4 bytes).  hnswlib itself always
+stores float32 (its Python binding has no half or 8-bit space), so compact
+storage shrinks our copy only.  Measured per 384-d vector at 30 000 entries,
+graph included: 3.46 KB (float32) -> 2.69 KB (float16, -22 %) or 2.31 KB (int8,
+-33 %).  The cost: reported similarities are off by at most
+``scale / 2 * ||q||_1`` (int8; measured max 1.2e-3) or 2^-11 relative per
+component (float16; 6e-5), and the exact-scan path ranks on those similarities
+(recall@10 against float64 brute force 0.999 for int8, 1.0 for float16).  numpy
+has no half or int8 GEMV, so compact copies are widened block by block to scan:
+int8 scans about as fast as float32, float16 about 8x slower (numpy's half
+conversion is not vectorised) -- prefer int8.  ``bench/memory_storage.py``.
 """
 
 from __future__ import annotations
@@ -45,6 +73,7 @@ __all__ = [
     "InsertResult",
     "TemporalMemory",
     "BACKWARDS_TOLERANCE_S",
+    "STORAGE_CHOICES",
 ]
 
 #: An insert whose stamp is older than the newest stored stamp by more than this
@@ -56,6 +85,9 @@ BACKWARDS_TOLERANCE_S = 1e-6
 # Smallest vector norm we are willing to normalise: below it the direction is
 # numerical noise (and an all-zero vector has no direction at all).
 _MIN_NORM = float(np.finfo(np.float32).tiny)
+
+#: Element types of the ring's own vector copy (hnswlib always keeps float32).
+STORAGE_CHOICES = ("float32", "float16", "int8")
 
 
 class MemoryInputError(ValueError):
@@ -82,6 +114,7 @@ class InsertResult:
     window_size: int  #: entries stored after the insert (includes the new one)
     evicted: int  #: entries removed by this insert (TTL + capacity + reset)
     reset: bool  #: time went backwards and the window was cleared before inserting
+    keyframe: bool = False  #: also kept in a long-horizon tier (TieredMemory; always False here)
 
 
 class TemporalMemory:
@@ -95,16 +128,19 @@ class TemporalMemory:
     max_future_s: with ``now_s`` given to :meth:`insert`, stamps further than this
         ahead of ``now_s`` are refused.
     ef_construction, M: hnswlib graph parameters.  The defaults suit the design
-        window (~300 frames: recall@10 1.0).  For windows of tens of thousands of
-        frames raise ef_construction to 200: measured on a 384-d random walk at
-        30000 frames, recall@10 0.81 -> 1.0 for steady-state insert p50 0.27 -> 1.0 ms
-        (``bench/memory.py``).
+        window (~300 frames: recall@10 1.0).  Raising them does not fix large
+        windows of smooth video-like streams (ef_construction 200, ef_search 256:
+        recall@10 0.92 at 30 000 on a 384-d walk): the coarse pass below does.
     ef_search: hnswlib query breadth (raised to ``k`` when ``k`` is larger).
     space: ``'cosine'`` or ``'ip'``; identical here because every vector is
         normalised on the way in, so hnswlib always runs its cheaper ``'ip'`` space.
+    coarse_rows, coarse_top, coarse_min_span: the time-strided coarse scan (see
+        "Query engines"; ``coarse_rows=0`` turns it off).
     exact_threshold: a time-restricted query whose qualifying entries span at most
         this many consecutive window entries is answered by an exact numpy scan.
     random_seed: hnswlib level generator seed (reproducible graphs).
+    storage: element type of the ring's vector copy, one of ``STORAGE_CHOICES``
+        (see "Compact storage" above; hnswlib keeps float32 regardless).
     logger: anything with ``.warning(str)`` (a ``logging.Logger`` or an rclpy
         logger); messages are pre-formatted strings so both work.
     """
@@ -120,7 +156,11 @@ class TemporalMemory:
         ef_search: int = 64,
         space: str = "cosine",
         exact_threshold: int = 4096,
+        coarse_rows: int = 1024,
+        coarse_top: int = 4,
+        coarse_min_span: int = 8192,
         random_seed: int = 100,
+        storage: str = "float32",
         logger=None,
     ) -> None:
         self._dim = _positive_int("dim", dim)
@@ -138,7 +178,17 @@ class TemporalMemory:
         self._exact_threshold = operator.index(exact_threshold)
         if self._exact_threshold < 0:
             raise ValueError(f"exact_threshold must be >= 0, got {exact_threshold!r}")
+        self._coarse_rows = operator.index(coarse_rows)
+        if self._coarse_rows < 0:
+            raise ValueError(f"coarse_rows must be >= 0 (0 = off), got {coarse_rows!r}")
+        self._coarse_top = _positive_int("coarse_top", coarse_top)
+        self._coarse_min_span = operator.index(coarse_min_span)
+        if self._coarse_min_span < 0:
+            raise ValueError(f"coarse_min_span must be >= 0, got {coarse_min_span!r}")
         self._random_seed = operator.index(random_seed)
+        if storage not in STORAGE_CHOICES:
+            raise ValueError(f"storage must be one of {STORAGE_CHOICES}, got {storage!r}")
+        self._storage = storage
         self._log = logger if logger is not None else logging.getLogger(__name__)
 
         # One lock for everything: hnswlib releases the GIL inside add_items and
@@ -147,7 +197,9 @@ class TemporalMemory:
         self._lock = threading.Lock()
 
         # Ring storage keyed by slot = label % capacity.
-        self._vecs = np.zeros((self._capacity, self._dim), dtype=np.float32)
+        self._vecs = np.zeros((self._capacity, self._dim), dtype=np.dtype(storage))
+        # int8: v ~= scale * q with q in [-127, 127] (symmetric, one scale per vector).
+        self._scales = np.ones(self._capacity, dtype=np.float32) if storage == "int8" else None
         self._stamps = np.full(self._capacity, np.nan, dtype=np.float64)
         self._seqs = np.zeros(self._capacity, dtype=np.int64)
         self._first = 0  # label of the oldest stored entry
@@ -167,6 +219,7 @@ class TemporalMemory:
         self._n_queries_hnsw = 0
         self._n_queries_exact = 0
         self._n_hnsw_fallbacks = 0
+        self._n_queries_coarse = 0
 
     # ------------------------------------------------------------------ properties
 
@@ -181,6 +234,15 @@ class TemporalMemory:
     @property
     def ttl_s(self) -> float:
         return self._ttl_s
+
+    @property
+    def storage(self) -> str:
+        return self._storage
+
+    @property
+    def vector_bytes(self) -> int:
+        """Bytes of the ring's vector copy (excluding hnswlib's own float32 copy)."""
+        return self._vecs.nbytes + (0 if self._scales is None else self._scales.nbytes)
 
     @property
     def size(self) -> int:
@@ -273,7 +335,7 @@ class TemporalMemory:
             self._index.add_items(vec[None, :], np.array([label], dtype=np.uint64),
                                   num_threads=1, replace_deleted=True)
             slot = label % self._capacity
-            self._vecs[slot] = vec
+            self._store(slot, vec)
             self._stamps[slot] = stamp
             self._seqs[slot] = seq
             self._seq_to_label[seq] = label
@@ -305,12 +367,14 @@ class TemporalMemory:
     # ------------------------------------------------------------------ queries
 
     def knn(self, vector, k: int = 5, min_age_s: float = 0.0, max_age_s: float | None = None,
-            exclude_sequence: int | None = None) -> list[MemoryEntry]:
+            exclude_sequence: int | None = None, at_stamp_s: float | None = None) -> list[MemoryEntry]:
         """Up to ``k`` stored entries most similar to ``vector``, best first.
 
-        Ages are ``newest_stamp_s - stamp``; only entries with
-        ``min_age_s <= age <= max_age_s`` (bounds inclusive) and a sequence other
-        than ``exclude_sequence`` qualify.  Returns ``[]`` on an empty window.
+        Ages are ``at_stamp_s - stamp`` (default: ``newest_stamp_s``); only entries
+        with ``min_age_s <= age <= max_age_s`` (bounds inclusive) and a sequence
+        other than ``exclude_sequence`` qualify.  So with ``at_stamp_s`` earlier than
+        the newest frame, entries after it (negative age) never qualify.  Returns
+        ``[]`` on an empty window.
         """
         with self._lock:
             try:
@@ -321,20 +385,22 @@ class TemporalMemory:
                 if max_age is not None and max_age < min_age:
                     raise MemoryInputError(f"max_age_s={max_age!r} is below min_age_s={min_age!r}")
                 excl = None if exclude_sequence is None else _as_int("exclude_sequence", exclude_sequence)
+                at = None if at_stamp_s is None else _finite_float("at_stamp_s", at_stamp_s)
             except MemoryInputError:
                 self._n_rejected_queries += 1
                 raise
             size = self._next - self._first
             if size == 0:
                 return []
-            restricted = min_age > 0.0 or max_age is not None or excl is not None
+            ref = self._newest if at is None else at
+            restricted = min_age > 0.0 or max_age is not None or excl is not None or ref < self._newest
             if not restricted:
                 if size <= k:
                     return self._exact_locked(q, k, 0, size, None)
                 return self._hnsw_locked(q, min(k, size), None, 0, size, None)
 
             stamps = self._ordered_stamps()
-            age = self._newest - stamps
+            age = ref - stamps
             mask = age >= min_age
             if max_age is not None:
                 mask &= age <= max_age
@@ -351,7 +417,8 @@ class TemporalMemory:
             # contiguous time slice costs ~0.1 ms per 4k x 384 floats: scan small spans.
             if hi - lo <= self._exact_threshold or nz.size <= k:
                 return self._exact_locked(q, k, lo, hi, None if dense else sub)
-            return self._hnsw_locked(q, min(k, int(nz.size)), None if dense else sub.tolist(), lo, hi, sub)
+            return self._hnsw_locked(q, min(k, int(nz.size)), None if dense else sub.tolist(), lo, hi,
+                                     None if dense else sub)
 
     def nearest_in_time(self, stamp_s: float, vector=None) -> MemoryEntry | None:
         """The stored entry whose stamp is nearest to ``stamp_s`` (ties: the most recently
@@ -393,7 +460,7 @@ class TemporalMemory:
             label = self._seq_to_label.get(seq)
             if label is None or not (self._first <= label < self._next):
                 return None
-            return self._vecs[label % self._capacity].copy()
+            return self._vector_at(label % self._capacity)
 
     def entries(self) -> list[MemoryEntry]:
         """Every stored entry, oldest first (similarity nan)."""
@@ -418,6 +485,9 @@ class TemporalMemory:
                 "queries_hnsw": self._n_queries_hnsw,
                 "queries_exact": self._n_queries_exact,
                 "hnsw_fallbacks": self._n_hnsw_fallbacks,
+                "queries_coarse": self._n_queries_coarse,
+                "storage": self._storage,
+                "vector_bytes": self.vector_bytes,
             }
 
     # ------------------------------------------------------------------ internals (lock held)
@@ -444,7 +514,8 @@ class TemporalMemory:
         try:
             arr = np.asarray(vector, dtype=np.float64)
         except (TypeError, ValueError) as exc:
-            raise MemoryInputError(f"{what}: expected a numeric array of shape ({self._dim},), got {type(vector).__name__} ({exc})") from None
+            raise MemoryInputError(f"{what}: expected a numeric array of shape ({self._dim},), "
+                                   f"got {type(vector).__name__} ({exc})") from None
         if arr.ndim == 2 and arr.shape[0] == 1:
             arr = arr[0]
         if arr.shape != (self._dim,):
@@ -461,6 +532,40 @@ class TemporalMemory:
         # Re-normalise defensively: upstream promises unit vectors, but inner
         # product == cosine only holds if they really are.
         return (arr / norm).astype(np.float32)
+
+    def _store(self, slot: int, vec: np.ndarray) -> None:
+        if self._scales is None:
+            self._vecs[slot] = vec  # float32, or float16 rounded to nearest by numpy
+            return
+        # Symmetric per-vector scale: the largest component maps to +-127, so a unit
+        # vector's rounding error is at most scale/2 per component.
+        peak = float(np.max(np.abs(vec)))
+        scale = peak / 127.0 if peak > 0.0 else 1.0
+        self._vecs[slot] = np.clip(np.rint(vec / scale), -127, 127).astype(np.int8)
+        self._scales[slot] = scale
+
+    def _vector_at(self, slot: int) -> np.ndarray:
+        """A float32 copy of the stored vector (dequantised for compact storage)."""
+        v = self._vecs[slot].astype(np.float32)
+        return v if self._scales is None else v * self._scales[slot]
+
+    def _dot(self, a: int, b: int, q: np.ndarray) -> np.ndarray:
+        """Similarities of ring slots [a, b) to ``q`` (float32)."""
+        if self._storage == "float32":
+            return self._vecs[a:b] @ q
+        # Compact copies are widened to float32 block by block for BLAS (numpy has no
+        # half or int8 GEMV); the block keeps the temporary small and in cache.
+        out = np.empty(b - a, dtype=np.float32)
+        for c in range(a, b, 2048):
+            d = min(b, c + 2048)
+            out[c - a:d - a] = self._vecs[c:d].astype(np.float32) @ q
+        if self._scales is not None:
+            out *= self._scales[a:b]
+        return out
+
+    def _dot_slots(self, slots: np.ndarray, q: np.ndarray) -> np.ndarray:
+        s = self._vecs[slots].astype(np.float32, copy=False) @ q
+        return s if self._scales is None else s * self._scales[slots]
 
     def _ordered(self, ring: np.ndarray, lo: int = 0, hi: int | None = None) -> np.ndarray:
         """Window positions [lo, hi) of a ring array, oldest first (a view when no wrap)."""
@@ -514,18 +619,21 @@ class TemporalMemory:
 
     def _entry_at(self, pos: int, q: np.ndarray | None) -> MemoryEntry:
         slot = (self._first + pos) % self._capacity
-        sim = math.nan if q is None else float(self._vecs[slot] @ q)
+        sim = math.nan if q is None else float(self._dot(slot, slot + 1, q)[0])
         return MemoryEntry(int(self._seqs[slot]), float(self._stamps[slot]), sim)
+
+    def _scan(self, lo: int, hi: int, q: np.ndarray) -> np.ndarray:
+        """Similarities of window positions [lo, hi) to ``q``: contiguous ring slices, no gather copy."""
+        a = (self._first + lo) % self._capacity
+        b = a + (hi - lo)
+        if b <= self._capacity:
+            return self._dot(a, b, q)
+        return np.concatenate((self._dot(a, self._capacity, q), self._dot(0, b - self._capacity, q)))
 
     def _exact_locked(self, q: np.ndarray, k: int, lo: int, hi: int, sub: np.ndarray | None) -> list[MemoryEntry]:
         """Exact top-k over window positions [lo, hi); ``sub`` masks positions within it."""
         self._n_queries_exact += 1
-        a = (self._first + lo) % self._capacity
-        b = a + (hi - lo)
-        if b <= self._capacity:
-            scores = self._vecs[a:b] @ q
-        else:
-            scores = np.concatenate((self._vecs[a:] @ q, self._vecs[: b - self._capacity] @ q))
+        scores = self._scan(lo, hi, q)
         if sub is not None:
             cand = np.flatnonzero(sub)
             scores = scores[cand]
@@ -570,19 +678,88 @@ class TemporalMemory:
             return self._exact_locked(q, kk, lo, hi, sub)
         self._n_queries_hnsw += 1
         # Defensive: never report anything outside the live window / the filter.
-        live = [lab for lab in labels[0].tolist()
-                if lab_lo <= lab < lab_hi and (allowed is None or allowed[lab - lab_lo])]
-        if not live:
-            return []
-        slots = np.asarray(live, dtype=np.int64) % self._capacity
+        labs = labels[0].astype(np.int64)
+        labs = labs[(labs >= lab_lo) & (labs < lab_hi)]
+        if allowed is not None:
+            labs = labs[sub[labs - lab_lo]]
         # Exact similarity from the stored vectors (hnswlib's 1 - distance loses a
         # few ulps), so exact and HNSW paths report identical numbers.
-        sims = self._vecs[slots] @ q
-        order = np.lexsort((-np.asarray(live, dtype=np.int64), -sims))  # best first; ties: newer first
+        sims = self._dot_slots(labs % self._capacity, q)
+        if self._coarse_rows and hi - lo > max(self._coarse_rows, self._coarse_min_span):
+            pos, psims = self._coarse_candidates(q, kk, lo, hi, sub)
+            labs, keep = np.unique(np.concatenate((labs, pos + first)), return_index=True)
+            sims = np.concatenate((sims, psims))[keep]
+        if labs.size == 0:
+            return []
+        if labs.size > kk:  # coarse candidates: keep the best kk before building entries
+            top = np.argpartition(-sims, kk - 1)[:kk]
+            labs, sims = labs[top], sims[top]
+        slots = labs % self._capacity
+        order = np.lexsort((-labs, -sims))  # best first; ties: newer first
+        slots = slots[order]
         seqs = self._seqs[slots].tolist()
         stamps = self._stamps[slots].tolist()
-        sims_l = sims.tolist()
-        return [MemoryEntry(seqs[i], stamps[i], sims_l[i]) for i in order.tolist()]
+        return [MemoryEntry(a, b, c) for a, b, c in zip(seqs, stamps, sims[order].astype(np.float64).tolist())]
+
+    def _coarse_candidates(self, q: np.ndarray, kk: int, lo: int, hi: int,
+                           sub: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        """(window positions, similarities) of up to ``kk`` best entries per neighbourhood found by the
+        time-strided coarse scan over [lo, hi) (``sub`` masks within it)."""
+        self._n_queries_coarse += 1
+        span = hi - lo
+        stride = -(-span // self._coarse_rows)  # ceil: at most coarse_rows samples
+        # Samples are aligned to the newest end of the span (its last entry is always one): "what does
+        # now look like" queries are the most common, and on a long window the nearest sample to the
+        # present could otherwise sit a whole stride back, with its similarity down in the noise.
+        off = (span - 1) % stride
+        # Sample the ring in place with strided views (numpy hands a fixed row stride to BLAS: no
+        # gather copy); the window is one contiguous ring range, or two when it wraps.
+        a = (self._first + lo) % self._capacity
+        b = a + span
+        if b <= self._capacity:
+            scores = self._strided_dot(a + off, b, stride, q)
+            pos = lo + off + stride * np.arange(scores.size)
+        else:
+            p0 = lo + self._capacity - a  # window position of ring slot 0
+            off2 = (lo + off - p0) % stride  # first sample in the wrapped part, same phase
+            s1 = self._strided_dot(a + off, self._capacity, stride, q)
+            s2 = self._strided_dot(off2, b - self._capacity, stride, q)
+            scores = np.concatenate((s1, s2))
+            pos = np.concatenate((lo + off + stride * np.arange(s1.size), p0 + off2 + stride * np.arange(s2.size)))
+        if sub is not None:
+            scores = np.where(sub[pos - lo], scores, -np.inf)
+        m = min(self._coarse_top, scores.size)
+        top = np.argpartition(-scores, m - 1)[:m]
+        best = np.sort(pos[top[np.isfinite(scores[top])]])  # a fully masked sample seeds nothing
+        # Scan the full neighbourhood of each best sample (everything short of the next sample either
+        # side) as contiguous ring slices, overlapping neighbourhoods merged.
+        pos_out, sim_out = [], []
+        i = 0
+        while i < best.size:
+            r0, r1 = max(lo, int(best[i]) - stride + 1), min(hi, int(best[i]) + stride)
+            while i + 1 < best.size and int(best[i + 1]) - stride + 1 <= r1:
+                i += 1
+                r1 = min(hi, int(best[i]) + stride)
+            i += 1
+            sc = self._scan(r0, r1, q)
+            if sub is not None:
+                sc = np.where(sub[r0 - lo:r1 - lo], sc, -np.inf)
+            if sc.size > kk:
+                t = np.argpartition(-sc, kk - 1)[:kk]
+            else:
+                t = np.arange(sc.size)
+            t = t[np.isfinite(sc[t])]
+            pos_out.append(r0 + t)
+            sim_out.append(sc[t])
+        if not pos_out:
+            return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
+        return np.concatenate(pos_out).astype(np.int64), np.concatenate(sim_out).astype(np.float32)
+
+    def _strided_dot(self, a: int, b: int, stride: int, q: np.ndarray) -> np.ndarray:
+        rows = self._vecs[a:b:stride]
+        if self._scales is None:
+            return rows @ q if rows.dtype == np.float32 else rows.astype(np.float32) @ q
+        return (rows.astype(np.float32) @ q) * self._scales[a:b:stride]
 
 
 # ---------------------------------------------------------------------- validation helpers

@@ -623,3 +623,100 @@ def test_thread_safety_smoke():
     assert seqs(mem.entries()) == expected
     s = mem.stats()
     assert s["inserts"] == n and s["rejected"] == 0 and s["resets"] == 0
+
+
+# ---------------------------------------------------------------------- ages from an explicit reference time
+
+
+def test_knn_ages_from_at_stamp(handmade):
+    # Stamps 0, 0.5, 1, 2, 4 (seqs 10..14) with basis vectors e0..e4.
+    q = unit([1, 1, 1, 1, 1])
+    # At t=2: entries after 2 have negative age and never qualify.
+    assert sorted(seqs(handmade.knn(q, k=10, at_stamp_s=2.0))) == [10, 11, 12, 13]
+    # At t=2, at least 1 s old: stamps <= 1.
+    assert sorted(seqs(handmade.knn(q, k=10, min_age_s=1.0, at_stamp_s=2.0))) == [10, 11, 12]
+    # At t=2, between 0.5 and 1.5 s old: stamps 0.5 and 1.
+    assert sorted(seqs(handmade.knn(q, k=10, min_age_s=0.5, max_age_s=1.5, at_stamp_s=2.0))) == [11, 12]
+    # A reference after the newest frame: every entry qualifies, ages measured from it.
+    assert sorted(seqs(handmade.knn(q, k=10, at_stamp_s=10.0))) == [10, 11, 12, 13, 14]
+    assert seqs(handmade.knn(q, k=10, max_age_s=7.0, at_stamp_s=10.0)) == [14]
+    assert handmade.knn(q, k=10, at_stamp_s=-1.0) == []
+    with pytest.raises(MemoryInputError, match="at_stamp_s"):
+        handmade.knn(q, at_stamp_s=float("nan"))
+
+
+# ---------------------------------------------------------------------- time-strided coarse scan
+
+
+@pytest.mark.parametrize("min_age, max_age, exclude", [(0.0, None, None), (0.0, 250.0, None), (10.0, None, "mid")])
+def test_coarse_scan_merge_on_a_wrapped_ring(min_age, max_age, exclude):
+    # 3500 inserts into 3000 slots (the window wraps the ring); coarse_rows 400 -> stride 8 over the
+    # whole window, 6 over the 250 s (2001-frame) range. Stamps are exact binary fractions (1/8 s), so
+    # the age bounds are exact too.
+    dim, cap, n, dt = 64, 3000, 3500, 0.125
+    rng = np.random.default_rng(13)
+    data = walk(rng, n, dim)
+    mem = TemporalMemory(dim, capacity=cap, ttl_s=1e9, coarse_rows=400, coarse_min_span=0, exact_threshold=0)
+    for i in range(n):
+        mem.insert(i, i * dt, data[i])
+    newest = (n - 1) * dt
+    excl = {None: None, "mid": n - 1000}[exclude]
+    ok = [i for i in range(n - cap, n) if min_age <= newest - i * dt and (max_age is None or newest - i * dt <= max_age)
+          and i != excl]
+    okset = set(ok)
+    before = mem.stats()["queries_coarse"]
+    for j in rng.choice(ok, 25):
+        # The stored frame itself: its own similarity (1.0) is the maximum, so it must come first.
+        hits = mem.knn(data[j], k=10, min_age_s=min_age, max_age_s=max_age, exclude_sequence=excl)
+        assert hits[0].sequence == j and hits[0].similarity == pytest.approx(1.0, abs=1e-5)
+        assert set(seqs(hits)) <= okset
+        # A perturbed view: same similarities as brute force over the qualifying frames.
+        qv = unit(data[j] + step_sigma(dim) * rng.standard_normal(dim))
+        got = mem.knn(qv, k=10, min_age_s=min_age, max_age_s=max_age, exclude_sequence=excl)
+        assert set(seqs(got)) <= okset
+        exp = sorted((float(data[i].astype(np.float64) @ qv) for i in ok), reverse=True)[:10]
+        np.testing.assert_allclose([h.similarity for h in got], exp, atol=1e-5)
+    assert mem.stats()["queries_coarse"] == before + 50
+
+
+def test_coarse_scan_off_and_bad_arguments():
+    with pytest.raises(ValueError, match="coarse_rows"):
+        TemporalMemory(4, coarse_rows=-1)
+    with pytest.raises(ValueError, match="coarse_top"):
+        TemporalMemory(4, coarse_top=0)
+    with pytest.raises(ValueError, match="coarse_min_span"):
+        TemporalMemory(4, coarse_min_span=-1)
+    rng = np.random.default_rng(14)
+    data = walk(rng, 600, 16)
+    mem = TemporalMemory(16, capacity=500, ttl_s=1e9, coarse_rows=0)
+    for i in range(600):
+        mem.insert(i, i * 0.1, data[i])
+    mem.knn(data[300], k=5)
+    assert mem.stats()["queries_coarse"] == 0 and mem.stats()["queries_hnsw"] == 1
+    # On, but the 500-frame span is below its minimum span (default 8192): HNSW alone; with a
+    # minimum of 0 (and 500 > 100 samples) the pass runs.
+    for min_span, expect in ((None, 0), (0, 1)):
+        kw = {} if min_span is None else {"coarse_min_span": min_span}
+        mem = TemporalMemory(16, capacity=500, ttl_s=1e9, coarse_rows=100, **kw)
+        for i in range(600):
+            mem.insert(i, i * 0.1, data[i])
+        mem.knn(data[300], k=5)
+        assert mem.stats()["queries_coarse"] == expect
+
+
+@pytest.mark.parametrize("n, cap", [(700, 1000), (1300, 1000), (1999, 1000)])
+def test_coarse_samples_are_aligned_to_the_newest_entry(n, cap):
+    # Whatever the ring phase, the newest entry of the span is a sample, so a query equal to the newest
+    # frame finds it through the coarse pass alone (no HNSW), and every returned position is in the span.
+    dim = 16
+    data = walk(np.random.default_rng(15), n, dim)
+    mem = TemporalMemory(dim, capacity=cap, ttl_s=1e9, coarse_rows=7, coarse_min_span=0)
+    for i in range(n):
+        mem.insert(i, i * 0.1, data[i])
+    size = min(n, cap)
+    for hi in (size, size - 3):
+        pos, sims = mem._coarse_candidates(data[n - size + hi - 1], 10, 0, hi, None)
+        assert (hi - 1) in pos.tolist()
+        assert pos.min() >= 0 and pos.max() < hi
+        for p, s_ in zip(pos.tolist(), sims.tolist()):
+            assert s_ == pytest.approx(float(data[n - size + p] @ data[n - size + hi - 1]), abs=1e-5)
