@@ -35,6 +35,8 @@ def generate_launch_description():
                               description='cpu or cuda for clip_onnx / clip_hf / torch_cuda (empty = backend default)', choices=['', 'cpu', 'cuda']),
         DeclareLaunchArgument('precision', default_value='',
                               description='torch_cuda: fp16/bf16/fp32; tensorrt: fp16/int8/fp8/fp32 (empty = fp16 on GPU)', choices=['', 'fp32', 'fp16', 'bf16', 'int8', 'fp8']),
+        DeclareLaunchArgument('escalation', default_value='false',
+                              description='also start the escalation node: a second opinion on protective or unsure Actions, published on escalation, never delaying the Action'),
         DeclareLaunchArgument('interop_image_topic', default_value='',
                               description='also publish frames as sensor_msgs/Image on this topic (rviz, bags)'),
         # No `name=`: a node-name remap would rename all four nodes of the process to one name.
@@ -50,6 +52,7 @@ def generate_launch_description():
                    '--model_path', LaunchConfiguration('model_path'),
                    '--device', LaunchConfiguration('device'),
                    '--precision', LaunchConfiguration('precision'),
+                   '--escalation', LaunchConfiguration('escalation'),
                    '--interop_image_topic', LaunchConfiguration('interop_image_topic'),
                         ]),
     ])

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .image_codec import ImageFormatError, decode_raw
+from .image_codec import ENCODINGS, ImageFormatError, decode_raw
 
 CODECS = ('jpeg', 'png')
 _ALIASES = {'jpeg': 'jpeg', 'jpg': 'jpeg', 'png': 'png'}
@@ -141,6 +141,11 @@ def decode_raw_image(height: int, width: int, encoding: str, step: int, data, is
             raise ImageFormatError(f'{encoding} needs an even width (2 pixels share chroma), got {width}')
         pairs = np.ascontiguousarray(rows).reshape(height, width, 2)
         return cv2.cvtColor(pairs, getattr(cv2, _YUV422[encoding]))
+    if encoding not in ENCODINGS:
+        # decode_raw's own message lists only its 8-bit set; a sensor_msgs/Image reaching us here may also
+        # be YUV 4:2:2 or mono16, so name everything this decoder takes (bad-input table, docs/bad_inputs.md).
+        raise ImageFormatError(f'unsupported encoding {encoding!r}; supported: '
+                               f'{sorted(ENCODINGS) + sorted(RAW_EXTRA_ENCODINGS)}')
     return decode_raw(height, width, encoding, step, data)
 
 

@@ -57,6 +57,11 @@ def vector_from_msg(values, dim: int | None = None, what: str = 'vector') -> np.
         raise ValueError(f'{what} is empty')
     if dim is not None and vector.size != dim:
         raise ValueError(f'{what} has dimension {vector.size}, expected {dim}')
-    if not np.isfinite(vector).all():
-        raise ValueError(f'{what} contains NaN or Inf')
+    finite = np.isfinite(vector)
+    if not finite.all():
+        # Name how many and where: "contains NaN or Inf" alone does not tell a model that overflows in one
+        # channel from a producer that sends garbage (bad-input table, docs/bad_inputs.md).
+        bad = int(np.flatnonzero(~finite)[0])
+        raise ValueError(f'{what} contains NaN or Inf: {int((~finite).sum())} non-finite value(s), first at '
+                         f'index {bad} = {float(vector[bad])!r}')
     return vector

@@ -83,6 +83,7 @@ def run(args, printer: ActionPrinter, timeout: float) -> tuple[dict, dict]:
     """Run the composed pipeline in this process until the source ends and the last Action is in.
     Returns the camera's and the embedder's counters."""
     import rclpy
+    from .nodes.lifecycle import bring_up
     from .nodes.runtime import spin_each_node
     rclpy.init(args=pipeline.ros_args_for(args))
     nodes = []
@@ -91,6 +92,9 @@ def run(args, printer: ActionPrinter, timeout: float) -> tuple[dict, dict]:
         nodes = [factory() for factory in pipeline.node_factories(demo_overrides(args))]
         camera, embedder = nodes[0], nodes[1]
         spin_each_node([printer_node] + nodes)
+        failed = bring_up(nodes)       # downstream first, as launch's lifecycle_manager does
+        if failed:
+            raise RuntimeError(f'{failed} did not come up (see the log above for why)')
         deadline = time.monotonic() + timeout
         # Done when the file has ended and the last Action has had time to come through.
         while time.monotonic() < deadline and rclpy.ok():
@@ -116,7 +120,8 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         return 130
     sys.stdout.write(summary(camera, embedder, printer))
-    return 0 if printer.count > 0 else 1
+    from .nodes.runtime import exit_process
+    exit_process(0 if printer.count > 0 else 1)   # see exit_process: lifecycle teardown at exit aborts
 
 
 if __name__ == '__main__':

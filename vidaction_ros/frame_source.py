@@ -29,9 +29,19 @@ class CapturedFrame:
     source_size: tuple[int, int]   # (width, height) delivered by the source
 
 
+# Query parameters that carry secrets in IP-camera URLs (http://cam/video.cgi?user=admin&pwd=...).
+_SECRET_QUERY = re.compile(r'(?i)([?&;](?:password|passwd|pass|pwd|token|access_token|auth|key|api_key|apikey|'
+                           r'secret|signature|sig)=)[^&;#]*')
+
+
 def redact_url(url: str) -> str:
-    """rtsp://user:secret@host/stream -> rtsp://***@host/stream: credentials never reach a log."""
-    return re.sub(r'(?<=://)[^/@]*@', '***@', url)
+    """rtsp://user:secret@host/stream -> rtsp://***@host/stream: credentials never reach a log.
+
+    The user-info runs to the *last* '@' before the query: a password with an unescaped '@' or '/'
+    (rtsp://admin:p@ss/w@cam/live) is what FFmpeg accepts and must not leak its tail either (the first
+    version stopped at the first '@'). Secret query values (?pwd=..., &token=...) become ***."""
+    url = re.sub(r'(?<=://)[^?#]*@', '***@', url)
+    return _SECRET_QUERY.sub(r'\1***', url)
 
 
 def classify_source(uri: str) -> str:
@@ -80,10 +90,14 @@ class OpenCvSource:
 
     def open(self) -> None:
         import cv2
+        import os
         if self.kind == 'file':
-            import os
             if not os.path.isfile(self.uri):
                 raise SourceError(f'video file not found: {self.uri}')
+        if self.kind == 'v4l2' and self.uri.startswith('/dev/') and not os.path.exists(self.uri):
+            # Say why instead of OpenCV's bare failure: the usual cause is a camera unplugged (or not yet
+            # enumerated after a replug); the capture thread keeps retrying with backoff.
+            raise SourceError(f'cannot open v4l2 source {self.uri}: no such device (unplugged?)')
         target = int(self.uri.replace('/dev/video', '')) if self.kind == 'v4l2' else self.uri
         cap = cv2.VideoCapture(target, cv2.CAP_V4L2) if self.kind == 'v4l2' else cv2.VideoCapture(target)
         if not cap.isOpened():
@@ -216,7 +230,9 @@ class CaptureThread:
                     self._set_state('failed', str(err))
                     self.finished.set()
                     return False
-                self._set_state('reconnecting', str(err))
+                # The first failure says how it will retry; later attempts are silent until the state changes.
+                self._set_state('reconnecting', f'{err}; retrying with backoff {self.backoff.initial_s:g} s '
+                                                f'doubling to {self.backoff.max_s:g} s')
                 self.reconnects += 1
                 self._stop.wait(self.backoff.next_delay())
         return False

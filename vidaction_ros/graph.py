@@ -39,6 +39,15 @@ NODES = (
     NodeSpec('memory', 'memory_node', 'vidaction_ros.nodes.memory_node:MemoryNode'),
     NodeSpec('policy', 'policy_node', 'vidaction_ros.nodes.policy_node:PolicyNode'),
 )
+# The four are lifecycle nodes. Launch files and the processes mode start them with autostart:=false and
+# this manager configures, then activates them in BRINGUP_ORDER: downstream first, so every consumer
+# listens before its producer sends (composed mode does the same in-process).
+MANAGER = NodeSpec('lifecycle_manager', 'lifecycle_manager', 'vidaction_ros.nodes.lifecycle_manager:LifecycleManager')
+BRINGUP_ORDER = ('memory', 'policy', 'embedder', 'camera')
+# Optional, off the hot path (launch argument escalation:=true, or --escalation true): a second opinion on
+# protective or unsure Actions. It only listens, so it brings itself up (autostart) and the manager, whose
+# list must not wait for a node that was not started, leaves it alone.
+ESCALATION = NodeSpec('escalation', 'escalation_node', 'vidaction_ros.nodes.escalation_node:EscalationNode')
 
 LAUNCH_ARGS = (
     LaunchArg('source', '/usr/share/doc/opencv-doc/examples/data/vtest.avi',
@@ -61,6 +70,8 @@ LAUNCH_ARGS = (
     LaunchArg('precision', '', 'torch_cuda: fp16/bf16/fp32; tensorrt: fp16/int8/fp8/fp32 (empty = fp16 on GPU)',
               (('embedder', 'precision'), ('policy', 'precision')),
               choices=('', 'fp32', 'fp16', 'bf16', 'int8', 'fp8')),
+    LaunchArg('escalation', 'false', 'also start the escalation node: a second opinion on protective or unsure '
+              'Actions, published on escalation, never delaying the Action', (), 'bool'),
     LaunchArg('interop_image_topic', '', 'also publish frames as sensor_msgs/Image on this topic (rviz, bags)',
               (('camera', 'interop_image_topic'),)),
 )
@@ -124,18 +135,28 @@ def render_multiprocess() -> str:
     for spec in NODES:
         overrides = [f'{param!r}: {_param_value(arg)}' for arg in LAUNCH_ARGS
                      for node, param in arg.targets if node == spec.name]
-        override_text = ('{' + ', '.join(overrides) + '}') if overrides else '{}'
-        nodes.append(f'''        Node(package={PACKAGE!r}, executable={spec.executable!r}, name={spec.name!r},
+        overrides.append("'autostart': False")
+        override_text = '{' + ', '.join(overrides) + '}'
+        nodes.append(f'''        LifecycleNode(package={PACKAGE!r}, executable={spec.executable!r}, name={spec.name!r},
+                      namespace=LaunchConfiguration('namespace'), output='screen', emulate_tty=True,
+                      parameters=[params_file, {override_text}]),''')
+    nodes.append(f'''        Node(package={PACKAGE!r}, executable={MANAGER.executable!r}, name={MANAGER.name!r},
              namespace=LaunchConfiguration('namespace'), output='screen', emulate_tty=True,
-             parameters=[params_file, {override_text}]),''')
-    return f'''{HEADER}"""Four processes: camera -> embedder -> memory -> policy. Frames cross processes as downscaled images.
+             parameters=[{{'node_names': {list(BRINGUP_ORDER)!r}}}]),''')
+    nodes.append(f'''        LifecycleNode(package={PACKAGE!r}, executable={ESCALATION.executable!r}, name={ESCALATION.name!r},
+                      namespace=LaunchConfiguration('namespace'), output='screen', emulate_tty=True,
+                      parameters=[params_file], condition=IfCondition(LaunchConfiguration('escalation'))),''')
+    return f'''{HEADER}"""Four lifecycle-node processes, camera -> embedder -> memory -> policy, brought up in order
+(downstream first) by lifecycle_manager. Frames cross processes through a shared-memory ring. With
+escalation:=true a fifth, optional node gives second opinions off the hot path.
 
     ros2 launch {PACKAGE} vidaction.launch.py source:=/dev/video0 rate_hz:=15.0
 """
 from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument
+from launch.conditions import IfCondition
 from launch.substitutions import LaunchConfiguration, PathJoinSubstitution
-from launch_ros.actions import Node
+from launch_ros.actions import LifecycleNode, Node
 from launch_ros.parameter_descriptions import ParameterValue
 from launch_ros.substitutions import FindPackageShare
 

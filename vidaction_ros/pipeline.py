@@ -45,10 +45,10 @@ def build_parser(prog='vidaction_pipeline') -> argparse.ArgumentParser:
     return parser
 
 
-def parse_set(items: list[str]) -> dict[str, dict[str, object]]:
+def parse_set(items: list[str], names=tuple(n.name for n in graph.NODES)) -> dict[str, dict[str, object]]:
+    """--set NODE.PARAM=VALUE items by node; NODE must be one of the nodes this run starts (`names`)."""
     import yaml
     out: dict[str, dict[str, object]] = {}
-    names = {n.name for n in graph.NODES}
     for item in items:
         key, sep, raw = item.partition('=')
         node, dot, param = key.partition('.')
@@ -63,10 +63,15 @@ def collect_overrides(args, composed: bool) -> dict[str, dict[str, object]]:
     overrides = {spec.name: graph.overrides_for(spec.name, values) for spec in graph.NODES}
     if composed:
         overrides['camera']['transport'] = 'inproc'
+    for node in overrides.values():
+        # Brought up from outside, downstream first: by run_nodes (composed) or lifecycle_manager (processes).
+        node['autostart'] = False
+    if escalation_wanted(args):
+        overrides[graph.ESCALATION.name] = {}   # autostart: it only listens (see graph.ESCALATION)
     if args.lockstep:
         for node, params in LOCKSTEP_OVERRIDES.items():
             overrides[node].update(params)
-    for node, params in parse_set(args.set).items():
+    for node, params in parse_set(args.set, tuple(overrides)).items():
         overrides[node].update(params)
     return overrides
 
@@ -83,7 +88,16 @@ def node_factories(overrides: dict[str, dict[str, object]]):
         node_class = getattr(importlib.import_module(module_name), class_name)
         params = [Parameter(k, value=v) for k, v in overrides[spec.name].items()]
         return node_class(name=spec.name, parameter_overrides=params)
-    return [lambda spec=spec: factory(spec) for spec in graph.NODES]
+    return [lambda spec=spec: factory(spec) for spec in selected_nodes(overrides)]
+
+
+def escalation_wanted(args) -> bool:
+    return graph.parse_value(args.escalation, 'bool', 'escalation') if args.escalation is not None else False
+
+
+def selected_nodes(overrides: dict[str, dict[str, object]]) -> tuple[graph.NodeSpec, ...]:
+    """The four pipeline nodes, and the optional escalation node when the overrides carry its section."""
+    return graph.NODES + ((graph.ESCALATION,) if graph.ESCALATION.name in overrides else ())
 
 
 def ros_args_for(args) -> list[str]:
@@ -93,7 +107,8 @@ def ros_args_for(args) -> list[str]:
 def run_composed(args, extra_factories=()) -> int:
     from .nodes.runtime import run_nodes
     overrides = collect_overrides(args, composed=True)
-    return run_nodes(node_factories(overrides) + list(extra_factories), args=ros_args_for(args))
+    return run_nodes(node_factories(overrides) + list(extra_factories), args=ros_args_for(args),
+                     bring_up_here=True)
 
 
 def ros_param_arg(name: str, value) -> str:
@@ -112,6 +127,12 @@ def node_command(spec: graph.NodeSpec, params: str, overrides: dict[str, object]
     return cmd
 
 
+def manager_command() -> list[str]:
+    order = ', '.join(graph.BRINGUP_ORDER)
+    return [sys.executable, '-m', graph.MANAGER.factory.split(':')[0], '--ros-args',
+            '-r', f'__node:={graph.MANAGER.name}', '-p', f'node_names:=[{order}]']
+
+
 def run_processes(args) -> int:
     overrides = collect_overrides(args, composed=False)
     params = params_file(args)
@@ -119,9 +140,10 @@ def run_processes(args) -> int:
     # cwd outside any source checkout: a child must import the installed package, not a source tree.
     cwd = tempfile.gettempdir()
     try:
-        for spec in graph.NODES:
+        for spec in selected_nodes(overrides):
             children.append(subprocess.Popen(node_command(spec, params, overrides[spec.name]), cwd=cwd,
                                              start_new_session=True))
+        children.append(subprocess.Popen(manager_command(), cwd=cwd, start_new_session=True))
         stop = threading.Event()
         signal.signal(signal.SIGTERM, lambda *_: stop.set())
         signal.signal(signal.SIGINT, lambda *_: stop.set())
@@ -152,7 +174,8 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
         if args.mode == 'composed':
-            return run_composed(args)
+            from .nodes.runtime import exit_process
+            exit_process(run_composed(args))   # see exit_process: lifecycle teardown at exit aborts
         return run_processes(args)
     except ValueError as err:
         sys.stderr.write(f'vidaction_pipeline: {err}\n')

@@ -18,7 +18,8 @@ def test_committed_launch_files_are_the_generated_ones():
 
 
 def _launch_nodes(tree):
-    return [c for c in ast.walk(tree) if isinstance(c, ast.Call) and getattr(c.func, 'id', '') == 'Node']
+    return [c for c in ast.walk(tree) if isinstance(c, ast.Call)
+            and getattr(c.func, 'id', '') in ('Node', 'LifecycleNode')]
 
 
 def test_multiprocess_launch_has_one_node_per_graph_node_with_params():
@@ -27,8 +28,25 @@ def test_multiprocess_launch_has_one_node_per_graph_node_with_params():
     found = {}
     for call in calls:
         kw = {k.arg: k.value for k in call.keywords}
-        found[ast.literal_eval(kw['name'])] = ast.literal_eval(kw['executable'])
-    assert found == {n.name: n.executable for n in graph.NODES}
+        found[ast.literal_eval(kw['name'])] = (call.func.id, ast.literal_eval(kw['executable']))
+    # The four as lifecycle nodes with autostart off, the manager that brings them up in order, and the
+    # optional escalation node, started only with escalation:=true and bringing itself up.
+    assert found == {**{n.name: ('LifecycleNode', n.executable) for n in graph.NODES},
+                     graph.MANAGER.name: ('Node', graph.MANAGER.executable),
+                     graph.ESCALATION.name: ('LifecycleNode', graph.ESCALATION.executable)}
+    for call in calls:
+        kw = {k.arg: k.value for k in call.keywords}
+        if ast.literal_eval(kw['name']) == graph.ESCALATION.name:
+            assert ast.unparse(kw['condition']) == "IfCondition(LaunchConfiguration('escalation'))"
+            assert ast.unparse(kw['parameters']) == '[params_file]'
+        elif call.func.id == 'LifecycleNode':
+            overrides = kw['parameters'].elts[1]
+            keys = [ast.literal_eval(k) for k in overrides.keys]
+            assert ast.literal_eval(overrides.values[keys.index('autostart')]) is False
+        else:
+            params = ast.literal_eval(kw['parameters'])
+            assert params == [{'node_names': list(graph.BRINGUP_ORDER)}]
+    assert set(graph.BRINGUP_ORDER) == {n.name for n in graph.NODES}
 
 
 def test_every_launch_argument_has_a_description_and_targets_declared_parameters():
@@ -41,7 +59,7 @@ def test_every_launch_argument_has_a_description_and_targets_declared_parameters
 
 def test_params_file_names_only_declared_parameters():
     params = yaml.safe_load((share_dir() / 'config' / graph.PARAMS_FILE).read_text())
-    for spec in graph.NODES:
+    for spec in graph.NODES + (graph.ESCALATION,):
         module = importlib.import_module(spec.factory.split(':')[0])
         declared = {p.name: p for p in module.PARAMS}
         for key, value in params[spec.name]['ros__parameters'].items():
@@ -63,9 +81,23 @@ def test_pipeline_overrides_composed_lockstep_and_set():
     assert overrides['camera']['transport'] == 'inproc'
     assert overrides['camera']['lockstep'] is True and overrides['camera']['stamp_source'] == 'media'
     assert overrides['camera']['rate_hz'] == 12.0
-    assert overrides['memory'] == {'stamps_are_wall_clock': False, 'capacity': 600}
+    assert overrides['memory'] == {'stamps_are_wall_clock': False, 'capacity': 600, 'autostart': False}
+    assert all(o['autostart'] is False for o in overrides.values())   # brought up in order, from outside
     with pytest.raises(ValueError, match='NODE.PARAM=VALUE'):
         pipeline.parse_set(['nonode.x=1'])
+
+
+def test_escalation_node_joins_only_when_asked():
+    plain = pipeline.collect_overrides(pipeline.build_parser().parse_args([]), composed=False)
+    assert pipeline.selected_nodes(plain) == graph.NODES
+    with pytest.raises(ValueError, match='NODE one of'):   # --set for a node this run does not start
+        pipeline.collect_overrides(pipeline.build_parser().parse_args(['--set', 'escalation.low=0.1']), False)
+    args = pipeline.build_parser().parse_args(['--escalation', 'true', '--set', 'escalation.low=0.1'])
+    overrides = pipeline.collect_overrides(args, composed=False)
+    assert pipeline.selected_nodes(overrides) == graph.NODES + (graph.ESCALATION,)
+    assert overrides['escalation'] == {'low': 0.1}   # no autostart override: it brings itself up
+    with pytest.raises(ValueError, match="launch argument 'escalation'"):
+        pipeline.collect_overrides(pipeline.build_parser().parse_args(['--escalation', 'yes']), False)
 
 
 def test_process_command_line_carries_typed_parameters():

@@ -12,21 +12,23 @@ from __future__ import annotations
 import threading
 import time
 
+from rclpy._rclpy_pybind11 import RCLError
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
-from rclpy.node import Node
-from sensor_msgs.msg import Image
+from sensor_msgs.msg import CompressedImage, Image
 
 from .. import qos
 from ..bag_io import BagFrameSource, is_bag_path
 from ..compressed import message_to_bgr
 from ..conversions import to_time
+from ..diagnostics import DiagnosticsPublisher, RateMeter, health
 from ..frame_source import CaptureThread, CapturedFrame, OpenCvSource, SourceError, downscale
 from ..image_codec import ImageFormatError
 from ..msg import Action, FrameRef
-from ..params import Param, ParameterError, declare
+from ..params import Param, ParameterError
 from ..rate import RateLimiter
 from ..scene_gate import SceneChangeGate
 from ..transport import MODES, FrameSender
+from .lifecycle import ManagedNode
 from .runtime import main_for
 
 DEFAULT_VIDEO = '/usr/share/doc/opencv-doc/examples/data/vtest.avi'
@@ -69,52 +71,101 @@ PARAMS = [
 ]
 
 
-class CameraNode(Node):
+class CameraNode(ManagedNode):
+    PARAMS = PARAMS
+
     def __init__(self, name: str = 'camera', **kwargs):
         super().__init__(name, **kwargs)
-        self.p = declare(self, PARAMS)
         if self.p['lockstep'] and self.p['source'] == 'topic':
             raise ParameterError("parameter 'lockstep': needs a file source, not source='topic'")
+        self.counts = {'captured': 0, 'published': 0, 'gated': 0, 'dropped': 0, 'rate_skipped': 0,
+                       'bad_input': 0, 'resent': 0}
+        self.finished = threading.Event()
+        self.sender = None
+        self.capture = None
+        self.source = None
+        self._publisher_thread = None
+        self._stop_publishing = threading.Event()
+        self._rates = RateMeter()
+        self.diagnostics = DiagnosticsPublisher(self, self._diagnostics)   # reports in every state
+        if self.p['autostart']:
+            self.bring_up()
+
+    # -- lifecycle -----------------------------------------------------------------------------------------
+    def configure(self) -> None:
         self.sender = FrameSender(self, self.p['transport'], 'camera/frame', lockstep=self.p['lockstep'],
                                   interop_topic=self.p['interop_image_topic'],
                                   max_frame=(self.p['max_width'], self.p['max_height']))
+        self.own(self.sender.publisher)
+        if self.sender.interop is not None:
+            self.own(self.sender.interop)
         self.gate = SceneChangeGate(self.p['gate_threshold'], self.p['gate_max_skip_s'],
                                     enabled=self.p['gate_enabled'] and not self.p['lockstep'])
         self.rate = RateLimiter(self.p['rate_hz'])
         self.sequence = 0
-        self.counts = {'captured': 0, 'published': 0, 'gated': 0, 'dropped': 0, 'rate_skipped': 0,
-                       'bad_input': 0, 'resent': 0}
-        self.finished = threading.Event()
-        self._lock = threading.Lock()
-        self.capture = None
-        self.source = None
+        self.finished.clear()
         group = MutuallyExclusiveCallbackGroup()
         if self.p['source'] == 'topic':
-            self.create_subscription(self._input_type(), self.p['image_topic'], self._on_image, qos.IMAGE,
-                                     callback_group=group)
+            self.own(self.create_subscription(self._input_type(), self.p['image_topic'], self._on_image,
+                                              qos.IMAGE, callback_group=group))
         elif self.p['lockstep']:
             self.source = self._open_source(loop=False)
-            self.source.open()   # fails at startup with the path when it cannot be opened
+            self.source.open()   # fails the configure transition with the path when it cannot be opened
             self._pending: FrameRef | None = None
             self._pending_image = None
             self._sent_at = 0.0
-            self._started = False
-            self._ready_since = None
-            self.create_subscription(Action, 'action', self._on_action, qos.ACTION, callback_group=group)
-            self.create_timer(0.05, self._lockstep_tick, callback_group=group)
+            self.own(self.create_subscription(Action, 'action', self._on_action, qos.ACTION, callback_group=group))
+            self.own(self.create_timer(0.05, self._lockstep_tick, callback_group=group))
         else:
             self.source = self._open_source(loop=self.p['loop'])
+            if not self.source.is_live:
+                self.source.open()    # a missing file fails now; live devices reconnect with backoff instead
+                self.source.close()
             self.capture = CaptureThread(self.source, self.p['max_width'], self.p['max_height'],
                                          realtime=self.p['realtime'], logger=self.get_logger())
+        self.get_logger().info(
+            f"camera configured: source={self.source.display_uri if self.source else self.p['image_topic']} "
+            f"transport={self.p['transport']} rate={self.p['rate_hz']} Hz lockstep={self.p['lockstep']}")
+
+    def activate(self) -> None:
+        if self.p['lockstep']:
+            self._started = False
+            self._ready_since = None
+        elif self.capture is not None:
             self.capture.start()
             # Event-driven hand-off: publish as soon as the capture thread delivers a frame. A timer that
             # polls the slot adds up to one timer period of frame age (measured ~30 ms at 10 Hz).
-            self._stop_publishing = threading.Event()
+            self._stop_publishing.clear()
             self._publisher_thread = threading.Thread(target=self._live_loop, name='camera-publish', daemon=True)
             self._publisher_thread.start()
-        self.get_logger().info(
-            f"camera up: source={self.source.display_uri if self.source else self.p['image_topic']} "
-            f"transport={self.p['transport']} rate={self.p['rate_hz']} Hz lockstep={self.p['lockstep']}")
+
+    def deactivate(self) -> None:
+        if self._publisher_thread is not None:
+            self._stop_publishing.set()
+            self._publisher_thread.join(2.0)
+            self._publisher_thread = None
+        if self.capture is not None:
+            self.capture.stop()     # closes the device; activate reopens it (a file restarts)
+
+    def cleanup(self) -> None:
+        if self.source is not None:
+            self.source.close()
+        if self.sender is not None:
+            self.sender.close()     # unlinks the shared-memory ring (a SIGKILLed camera's is reclaimed at restart)
+        self.sender = self.capture = self.source = None
+
+    def _diagnostics(self):
+        lifecycle = 'active' if self.active else 'inactive' if self.configured else 'unconfigured'
+        state = (self.capture.state if self.capture is not None else 'topic' if self.p['source'] == 'topic'
+                 else 'lockstep')
+        info = {'lifecycle': lifecycle, 'state': state,
+                'source': self.source.display_uri if self.source else self.p['source'],
+                'transport': self.p['transport'], 'rate_hz': self.p['rate_hz']}
+        if self.capture is not None:
+            info['reconnects'] = self.capture.reconnects
+        counts = dict(self.counts)
+        error = f'camera {state}' if state in ('failed', 'reconnecting', 'lost') else ''
+        return health(counts, self._rates.rates(counts, time.monotonic()), None, info, error=error)
 
     # -- building and publishing -------------------------------------------------------------------------
     def _make_ref(self, frame: CapturedFrame) -> FrameRef:
@@ -164,8 +215,13 @@ class CameraNode(Node):
 
     # -- live --------------------------------------------------------------------------------------------
     def _live_loop(self) -> None:
-        while not self._stop_publishing.is_set() and not self.finished.is_set():
-            self._live_tick(self.capture.slot.take(timeout=0.25))
+        while not self._stop_publishing.is_set() and not self.finished.is_set() and self.context.ok():
+            try:
+                self._live_tick(self.capture.slot.take(timeout=0.25))
+            except RCLError:
+                if self.context.ok():
+                    raise
+                return      # SIGINT shut the context down under this thread: the normal way out
 
     def _live_tick(self, frame: CapturedFrame | None) -> None:
         if frame is not None:
@@ -189,6 +245,8 @@ class CameraNode(Node):
         return CompressedImage if compressed else Image
 
     def _on_image(self, msg) -> None:
+        if not self.active:
+            return
         try:
             image = message_to_bgr(msg)     # Image (any common encoding) or CompressedImage (jpeg/png)
         except ImageFormatError as err:
@@ -229,7 +287,7 @@ class CameraNode(Node):
         self._publish(msg, small)
 
     def _lockstep_tick(self) -> None:
-        if self.finished.is_set():
+        if self.finished.is_set() or not self.active:
             return
         if not self._started:
             # The ROS graph shows a subscriber before every publisher has matched it: a fast policy node
@@ -251,21 +309,12 @@ class CameraNode(Node):
             self._publish(self._pending, self._pending_image)
 
     def _on_action(self, msg: Action) -> None:
-        if self._pending is not None and msg.frame_sequence == self._pending.sequence:
+        if self.active and self._pending is not None and msg.frame_sequence == self._pending.sequence:
             self._next_lockstep()
 
     def _shutdown_soon(self) -> None:
         import rclpy
         self.create_timer(0.5, lambda: rclpy.try_shutdown())
-
-    def close(self) -> None:
-        if self.capture is not None:
-            self._stop_publishing.set()
-            self._publisher_thread.join(2.0)
-            self.capture.stop()
-        elif self.source is not None:
-            self.source.close()
-        self.sender.close()     # unlinks the shared-memory ring (a SIGKILLed camera's is reclaimed at restart)
 
 
 def main(args=None) -> int:

@@ -7,18 +7,19 @@ from __future__ import annotations
 
 import time
 
-from rclpy.node import Node
 
 from .. import qos
 from ..backends import CHOICES, create_backend
 from ..conversions import ms_between, to_time
+from ..diagnostics import DiagnosticsPublisher, RateMeter, health
 from ..frame_store import FrameLost
 from ..image_codec import ImageFormatError
 from ..msg import Embedding, FrameRef, RegionEmbedding
-from ..params import Param, declare
+from ..params import Param
 from ..paths import resolve_policy_file
 from ..stats import LatencyWindow
 from ..transport import resolve
+from .lifecycle import ManagedNode
 from .runtime import main_for
 
 # Shared with the policy node, whose text side must be the same model.
@@ -57,10 +58,21 @@ def backend_params(p: dict, logger=None) -> dict:
     return {**{n: p[n] for n in names if n in p}, 'logger': logger}
 
 
-class EmbedderNode(Node):
+class EmbedderNode(ManagedNode):
+    PARAMS = PARAMS
+
     def __init__(self, name: str = 'embedder', **kwargs):
         super().__init__(name, **kwargs)
-        self.p = declare(self, PARAMS)
+        self.counts = {'received': 0, 'embedded': 0, 'lost': 0, 'bad_input': 0, 'dropped': 0, 'errors': 0}
+        self.latency = LatencyWindow()
+        self.backend = None
+        self.regions = []
+        self._rates = RateMeter()
+        self.diagnostics = DiagnosticsPublisher(self, self._diagnostics)
+        if self.p['autostart']:
+            self.bring_up()
+
+    def configure(self) -> None:
         self.regions = load_regions(self.p['policy_file'])
         started = time.monotonic()
         self.backend = create_backend(self.p['backend'], **backend_params(self.p, self.get_logger()))
@@ -68,13 +80,19 @@ class EmbedderNode(Node):
         self.get_logger().info(f'backend {self.backend.name} ({self.backend.model_id}, dim {self.backend.dim}) '
                                f'ready in {time.monotonic() - started:.1f} s; regions: '
                                f'{[r.name for r in self.regions]}')
-        self.counts = {'received': 0, 'embedded': 0, 'lost': 0, 'bad_input': 0, 'dropped': 0}
-        self.latency = LatencyWindow()
         self._last_sequence = None
-        self.publisher = self.create_publisher(Embedding, 'embedding', qos.EMBEDDING)
-        self.create_subscription(FrameRef, 'camera/frame', self._on_frame, qos.frame_qos(self.p['lockstep']))
+        self.publisher = self.own(self.create_publisher(Embedding, 'embedding', qos.EMBEDDING))
+        self.own(self.create_subscription(FrameRef, 'camera/frame', self._on_frame,
+                                          qos.frame_qos(self.p['lockstep'])))
+
+    def cleanup(self) -> None:
+        if self.backend is not None:
+            self.backend.deactivate()
+        self.backend = None
 
     def _on_frame(self, ref: FrameRef) -> None:
+        if not self.active:
+            return
         self.counts['received'] += 1
         if self._last_sequence is not None and ref.sequence > self._last_sequence + 1:
             # Frames the newest-wins queue replaced while we were busy: counted, not silent.
@@ -93,6 +111,10 @@ class EmbedderNode(Node):
             self.counts['bad_input'] += 1
             self.get_logger().warning(f'frame {ref.sequence} rejected: {err}', throttle_duration_sec=5.0)
             return
+        except RuntimeError as err:   # the model itself failed (e.g. non-finite output): skip, never publish it
+            self.counts['errors'] += 1
+            self.get_logger().error(f'frame {ref.sequence}: embedding failed: {err}', throttle_duration_sec=5.0)
+            return
         times.embed_end = to_time(time.time())
         msg = Embedding()
         msg.header = ref.header
@@ -110,8 +132,14 @@ class EmbedderNode(Node):
         self.counts['embedded'] += 1
         self.latency.add(ms_between(times.embed_start, times.embed_end))
 
-    def close(self) -> None:
-        self.backend.deactivate()
+    def _diagnostics(self):
+        backend = self.backend
+        info = {'lifecycle': 'active' if self.active else 'inactive' if self.configured else 'unconfigured',
+                'backend': backend.name if backend else self.p['backend'],
+                'model': backend.model_id if backend else '', 'dim': backend.dim if backend else 0,
+                'device': backend.device if backend else '', 'regions': len(self.regions)}
+        latency = {f'embed_{k}': v for k, v in self.latency.summary().items()}
+        return health(self.counts, self._rates.rates(self.counts, time.monotonic()), latency, info)
 
 
 def main(args=None) -> int:

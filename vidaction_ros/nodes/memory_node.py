@@ -1,7 +1,12 @@
 """Temporal memory node: Embedding in, MemoryContext out (the embedding plus what memory knows about it).
 
-The window is an hnswlib index of the last `capacity` frames, evicted by age in message time. Ad-hoc
-queries go through the `memory/query` service; the per-frame path never calls it (the policy reads the
+The window is an hnswlib index of the last `capacity` frames, evicted by age in message time. Beside it,
+unless `long_capacity` is 0, a long-horizon keyframe tier (memory_tiers.TieredMemory) keeps a frame every
+`keyframe_interval_s` and every novel frame for `long_ttl_s`, so "what did the scene look like 2 min ago?"
+and "have I seen this place before?" work beyond the window. Ad-hoc queries go through the `memory/query`
+service and search both tiers; the per-frame context looks back through both tiers too (the window first
+answers any lookback it covers) but takes its nearest neighbours from the window only, so a scene from
+minutes ago never passes for the present. The per-frame path never calls the service (the policy reads the
 context message). The service has its own callback group so a multi-threaded executor may serve it beside
 inserts (the core's lock keeps hnswlib safe); the default one-executor-per-node spin runs them in turn.
 """
@@ -11,14 +16,16 @@ import math
 import time
 
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
-from rclpy.node import Node
 
 from .. import qos
 from ..conversions import to_seconds, to_time, vector_from_msg
-from ..memory import MemoryInputError, TemporalMemory
+from ..diagnostics import DiagnosticsPublisher, RateMeter, health
+from ..memory import STORAGE_CHOICES, MemoryInputError, TemporalMemory
+from ..memory_tiers import TieredMemory
 from ..msg import Embedding, MemoryContext, MemoryHit
-from ..params import Param, declare
+from ..params import Param, ParameterError
 from ..srv import QueryMemory
+from .lifecycle import ManagedNode
 from .runtime import main_for
 
 PARAMS = [
@@ -29,6 +36,15 @@ PARAMS = [
     Param('stamps_are_wall_clock', True, 'stamps are live wall-clock times: refuse stamps far in the future '
           '(false for media-time replay)'),
     Param('max_future_s', 5.0, 'with wall-clock stamps, refuse a stamp more than this ahead of now', 0.0, 3600.0),
+    Param('storage', 'float32', 'element type of the kept vector copies (hnswlib itself always stores float32): '
+          'float16 halves them, int8 quarters them, at a small similarity error', choices=STORAGE_CHOICES),
+    Param('long_capacity', 1000, 'keyframes kept in the long-horizon tier; 0 turns the tier off', 0, 10_000_000),
+    Param('long_ttl_s', 600.0, 'keyframes older than this (message time) leave the long-horizon tier', 0.1, 1e7),
+    Param('keyframe_interval_s', 2.0, 'a frame this long after the last keyframe becomes a keyframe', 0.01, 1e6),
+    Param('keyframe_novelty_cos', 0.8, 'a frame whose cosine to the last keyframe is at most this becomes a '
+          'keyframe (a new scene)', -1.0, 1.0),
+    Param('keyframe_min_interval_s', 1.0, 'novel frames become keyframes at most this often (bounds the tier '
+          'rate: long_capacity >= long_ttl_s / this keeps the full horizon)', 0.0, 1e6),
 ]
 
 
@@ -37,27 +53,65 @@ def hit(entry) -> MemoryHit:
                      similarity=float(entry.similarity))
 
 
-class MemoryNode(Node):
+class MemoryNode(ManagedNode):
+    PARAMS = PARAMS
+
     def __init__(self, name: str = 'memory', **kwargs):
         super().__init__(name, **kwargs)
-        self.p = declare(self, PARAMS)
-        self.memory: TemporalMemory | None = None
+        p = self.p
+        if p['long_capacity'] and p['keyframe_min_interval_s'] > p['keyframe_interval_s']:
+            raise ParameterError(f"parameter 'keyframe_min_interval_s' ({p['keyframe_min_interval_s']}) must not "
+                                 f"exceed 'keyframe_interval_s' ({p['keyframe_interval_s']})")
+        if p['long_capacity'] and p['long_ttl_s'] < p['keyframe_interval_s']:
+            raise ParameterError(f"parameter 'long_ttl_s' ({p['long_ttl_s']}) must be at least "
+                                 f"'keyframe_interval_s' ({p['keyframe_interval_s']})")
+        self.memory: TemporalMemory | TieredMemory | None = None
         self.counts = {'received': 0, 'inserted': 0, 'rejected': 0, 'resets': 0}
-        self.publisher = self.create_publisher(MemoryContext, 'memory/context', qos.EMBEDDING)
-        self.create_subscription(Embedding, 'embedding', self._on_embedding, qos.EMBEDDING)
-        self.create_service(QueryMemory, 'memory/query', self._on_query,
-                            callback_group=MutuallyExclusiveCallbackGroup())
-        self.get_logger().info(f"memory up: capacity {self.p['capacity']}, ttl {self.p['ttl_s']} s, "
-                               f"lookback {self.p['lookback_s']} s")
+        self._rates = RateMeter()
+        self.diagnostics = DiagnosticsPublisher(self, self._diagnostics)
+        if p['autostart']:
+            self.bring_up()
 
-    def _window(self, dim: int) -> TemporalMemory:
+    def configure(self) -> None:
+        p = self.p
+        self.publisher = self.own(self.create_publisher(MemoryContext, 'memory/context', qos.EMBEDDING))
+        self.own(self.create_subscription(Embedding, 'embedding', self._on_embedding, qos.EMBEDDING))
+        self.own(self.create_service(QueryMemory, 'memory/query', self._on_query,
+                                     callback_group=MutuallyExclusiveCallbackGroup()))
+        tier = (f"long tier {p['long_capacity']} keyframes / {p['long_ttl_s']} s" if p['long_capacity']
+                else 'no long tier')
+        self.get_logger().info(f"memory configured: capacity {p['capacity']}, ttl {p['ttl_s']} s, "
+                               f"lookback {p['lookback_s']} s, {tier}, storage {p['storage']}")
+
+    def cleanup(self) -> None:
+        self.memory = None      # the window is rebuilt (and re-sized) from the next embedding
+
+    def _diagnostics(self):
+        memory = self.memory
+        info = {'lifecycle': 'active' if self.active else 'inactive' if self.configured else 'unconfigured',
+                'size': memory.size if memory is not None else 0, 'capacity': self.p['capacity'],
+                'ttl_s': self.p['ttl_s'], 'long_capacity': self.p['long_capacity'],
+                'dim': memory.dim if memory is not None else 0}
+        return health(self.counts, self._rates.rates(self.counts, time.monotonic()), None, info)
+
+    def _window(self, dim: int) -> TemporalMemory | TieredMemory:
         # Sized on the first embedding: the dimension belongs to the embedder's model, not to us.
         if self.memory is None:
-            self.memory = TemporalMemory(dim=dim, capacity=self.p['capacity'], ttl_s=self.p['ttl_s'],
-                                         max_future_s=self.p['max_future_s'], logger=self.get_logger())
+            p = self.p
+            common = dict(dim=dim, capacity=p['capacity'], ttl_s=p['ttl_s'], max_future_s=p['max_future_s'],
+                          storage=p['storage'], logger=self.get_logger())
+            if p['long_capacity']:
+                self.memory = TieredMemory(long_capacity=p['long_capacity'], long_ttl_s=p['long_ttl_s'],
+                                           keyframe_interval_s=p['keyframe_interval_s'],
+                                           keyframe_novelty_cos=p['keyframe_novelty_cos'],
+                                           keyframe_min_interval_s=p['keyframe_min_interval_s'], **common)
+            else:
+                self.memory = TemporalMemory(**common)
         return self.memory
 
     def _on_embedding(self, msg: Embedding) -> None:
+        if not self.active:
+            return
         self.counts['received'] += 1
         stamp_s = to_seconds(msg.header.stamp)
         try:
@@ -84,7 +138,8 @@ class MemoryNode(Node):
         if past is not None:
             context.past = hit(past)
         if self.p['neighbours']:
-            context.neighbours = [hit(e) for e in memory.knn(vector, k=self.p['neighbours'],
+            window = memory.recent if isinstance(memory, TieredMemory) else memory
+            context.neighbours = [hit(e) for e in window.knn(vector, k=self.p['neighbours'],
                                                               exclude_sequence=msg.sequence)]
         context.embedding.times.memory_end = to_time(time.time())
         self.publisher.publish(context)

@@ -9,18 +9,19 @@ from __future__ import annotations
 import math
 import time
 
-from rclpy.node import Node
 
 from .. import qos
 from ..backends import create_backend
 from ..conversions import ms_between, to_seconds, to_time, vector_from_msg
+from ..diagnostics import DiagnosticsPublisher, RateMeter, health
 from ..msg import Action, MemoryContext
-from ..params import Param, declare
+from ..params import Param
 from ..paths import resolve_policy_file
 from ..policy import Observation, PolicyEngine, load_policy
 from ..stats import LatencyWindow
 from ..watchdog import PerceptionWatchdog
 from .embedder_node import BACKEND_PARAMS, backend_params
+from .lifecycle import ManagedNode
 from .runtime import main_for
 
 FAILSAFE_CODES = ('FAILSAFE', 'HOVER', 'STOP', 'EMERGENCY_BRAKE', 'SLOW_DOWN')
@@ -39,28 +40,55 @@ PARAMS = BACKEND_PARAMS + [
 ]
 
 
-class PolicyNode(Node):
+class PolicyNode(ManagedNode):
+    PARAMS = PARAMS
+
     def __init__(self, name: str = 'policy', **kwargs):
         super().__init__(name, **kwargs)
-        self.p = declare(self, PARAMS)
+        self.counts = {'received': 0, 'decided': 0, 'rejected': 0, 'changes': 0, 'failsafes': 0}
+        self.latency = LatencyWindow()
+        self.backend = None
+        self.watchdog = None
+        self.policy_file = ''
+        self._last_action = ''          # as published, failsafes included: `changed` is about the stream
+        self._last_frame_id = ''
+        self._last_sequence = 0
+        self._rates = RateMeter()
+        self.diagnostics = DiagnosticsPublisher(self, self._diagnostics)
+        if self.p['autostart']:
+            self.bring_up()
+
+    def configure(self) -> None:
         self.policy_file = resolve_policy_file(self.p['policy_file'])
         self.spec = load_policy(self.policy_file)   # PolicyError names the file and field
         self.backend = create_backend(self.p['backend'], load_images=False,
                                       **backend_params(self.p, self.get_logger()))
         self.backend.activate()
         self.engine = PolicyEngine(self.spec, self.backend.embed_texts, logger=self.get_logger())
-        self.counts = {'received': 0, 'decided': 0, 'rejected': 0, 'changes': 0}
-        self.latency = LatencyWindow()
-        self.publisher = self.create_publisher(Action, 'action', qos.ACTION)
-        self.create_subscription(MemoryContext, 'memory/context', self._on_context, qos.EMBEDDING)
-        self._last_action = ''          # as published, failsafes included: `changed` is about the stream
-        self._last_frame_id = ''
-        self.watchdog = None
-        if self.p['watchdog_deadline_s'] > 0:
-            self.watchdog = PerceptionWatchdog(self.p['watchdog_deadline_s'])
-            self.create_timer(self.p['watchdog_period_s'], self._watchdog_tick)
+        self.publisher = self.own(self.create_publisher(Action, 'action', qos.ACTION))
+        self.own(self.create_subscription(MemoryContext, 'memory/context', self._on_context, qos.EMBEDDING))
         self.get_logger().info(f"policy {self.policy_file} loaded: actions "
                                f"{[r.name for r in self.spec.actions]}")
+
+    def activate(self) -> None:
+        if self.p['watchdog_deadline_s'] > 0:
+            # Armed by the first decision after activation: a fresh start is not a stale pipeline.
+            self.watchdog = PerceptionWatchdog(self.p['watchdog_deadline_s'])
+            self._watchdog_timer = self.create_timer(self.p['watchdog_period_s'], self._watchdog_tick)
+
+    def deactivate(self) -> None:
+        if self.watchdog is not None:
+            self.destroy_timer(self._watchdog_timer)
+            self.watchdog = None
+        # Going silent on purpose still tells the controller: one failsafe, then nothing.
+        if self._last_action and self.context.ok():   # at process exit the context is already down
+            self._publish_failsafe('policy deactivated: no further decisions until it is activated again',
+                                   self._last_sequence, math.nan)
+
+    def cleanup(self) -> None:
+        if self.backend is not None:
+            self.backend.deactivate()
+        self.backend = None
 
     def _observation(self, context: MemoryContext) -> Observation:
         embedding = context.embedding
@@ -75,6 +103,8 @@ class PolicyNode(Node):
                            similarity_to_past=similarity, lookback_s=context.lookback_s)
 
     def _on_context(self, context: MemoryContext) -> None:
+        if not self.active:
+            return
         self.counts['received'] += 1
         try:
             decision = self.engine.decide(self._observation(context))
@@ -107,6 +137,7 @@ class PolicyNode(Node):
         self.publisher.publish(msg)
         self._last_action = msg.action
         self._last_frame_id = msg.header.frame_id
+        self._last_sequence = msg.frame_sequence
         if self.watchdog is not None:
             event = self.watchdog.fresh(to_seconds(msg.header.stamp), msg.frame_sequence, self._now_s())
             if event is not None:
@@ -121,12 +152,16 @@ class PolicyNode(Node):
         return self.get_clock().now().nanoseconds * 1e-9
 
     def _watchdog_tick(self) -> None:
-        now = self._now_s()
-        event = self.watchdog.check(now)
-        if event is None:
+        if not self.active or self.watchdog is None:
             return
+        event = self.watchdog.check(self._now_s())
+        if event is not None:
+            self._publish_failsafe(event.reason, event.last_sequence, event.age_s * 1000.0)
+            self.counts['failsafes'] = self.watchdog.failsafes
+
+    def _publish_failsafe(self, reason: str, sequence: int, age_ms: float) -> None:
         msg = Action()
-        msg.header.stamp = to_time(now)
+        msg.header.stamp = to_time(self._now_s())
         msg.header.frame_id = self._last_frame_id
         msg.action = self.p['failsafe_action']
         msg.action_code = getattr(Action, f"ACTION_{self.p['failsafe_code']}")
@@ -134,16 +169,25 @@ class PolicyNode(Node):
         msg.trigger = Action.TRIGGER_WATCHDOG
         msg.changed = msg.action != self._last_action
         msg.score = math.nan
-        msg.threshold = float(self.watchdog.deadline_s)
-        msg.reason = event.reason
-        msg.frame_sequence = max(event.last_sequence, 0)   # the newest frame that was decided
-        msg.capture_to_decide_ms = float(event.age_s * 1000.0)
+        msg.threshold = float(self.p['watchdog_deadline_s'])
+        msg.reason = reason
+        msg.frame_sequence = max(sequence, 0)   # the newest frame that was decided
+        msg.capture_to_decide_ms = float(age_ms)
         msg.capture_to_embed_ms = msg.embed_ms = msg.embed_to_decide_ms = math.nan
         self.publisher.publish(msg)
         if msg.changed:   # logged once per state change, not at every repeat
-            self.get_logger().error(f'{msg.action}: {event.reason}')
+            self.get_logger().error(f'{msg.action}: {reason}')
         self._last_action = msg.action
-        self.counts['failsafes'] = self.watchdog.failsafes
+
+    def _diagnostics(self):
+        info = {'lifecycle': 'active' if self.active else 'inactive' if self.configured else 'unconfigured',
+                'policy_file': self.policy_file, 'model': self.backend.model_id if self.backend else '',
+                'last_action': self._last_action,
+                'watchdog': ('off' if self.watchdog is None else 'stale' if self.watchdog.stale else
+                             'ok' if self.watchdog.armed else 'waiting for the first decision')}
+        latency = {f'capture_to_action_{k}': v for k, v in self.latency.summary().items()}
+        error = self.watchdog.stale and 'perception stale: failsafe Action published' if self.watchdog else ''
+        return health(self.counts, self._rates.rates(self.counts, time.monotonic()), latency, info, error=error)
 
     def _log(self, msg: Action) -> None:
         mode = self.get_parameter('log_decisions').value
@@ -153,9 +197,6 @@ class PolicyNode(Node):
         self.get_logger().info(f't={to_seconds(msg.header.stamp):.2f} #{msg.frame_sequence} {msg.action}'
                                f'{" (changed)" if msg.changed else ""}{score} '
                                f'latency {msg.capture_to_decide_ms:.1f} ms: {msg.reason}')
-
-    def close(self) -> None:
-        self.backend.deactivate()
 
 
 def main(args=None) -> int:

@@ -1,6 +1,7 @@
 """Shared node process plumbing: init, spin on a multi-threaded executor, clean shutdown on SIGINT/SIGTERM."""
 from __future__ import annotations
 
+import os
 import signal
 import sys
 import threading
@@ -10,8 +11,11 @@ from rclpy._rclpy_pybind11 import RCLError
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 
 
-def run_nodes(factories, args=None) -> int:
-    """Create the nodes (in order) and spin each on its own executor until shutdown. Returns an exit code."""
+def run_nodes(factories, args=None, bring_up_here: bool = False) -> int:
+    """Create the nodes (in order) and spin each on its own executor until shutdown. Returns an exit code.
+
+    bring_up_here: configure and activate the nodes with autostart:=false here, downstream first (composed
+    mode). Otherwise such nodes wait to be brought up from outside (lifecycle_manager, ros2 lifecycle)."""
     rclpy.init(args=args)
     # SIGTERM (ros2 launch, systemd, a test harness) shuts down as cleanly as Ctrl-C.
     signal.signal(signal.SIGTERM, lambda *_: rclpy.try_shutdown())
@@ -25,12 +29,28 @@ def run_nodes(factories, args=None) -> int:
             # startup with the reason, naming the field, instead of running half-configured.
             rclpy.logging.get_logger('vidaction_ros').fatal(f'startup failed: {err}')
             return 2
+        # Bring-up: nodes with autostart configured and activated themselves; the others are brought up
+        # here when asked (composed mode), downstream first. A node that failed to come up ends the process
+        # (the reason is already logged): a half-running pipeline must not look healthy.
+        from .lifecycle import ManagedNode, bring_up
+        failed = []
+        if bring_up_here:
+            failed = bring_up([n for n in nodes if isinstance(n, ManagedNode) and not n.p['autostart']])
+        failed += [n.get_name() for n in nodes
+                   if isinstance(n, ManagedNode) and n.p['autostart'] and not n.active]
+        if failed:
+            rclpy.logging.get_logger('vidaction_ros').fatal(f'startup failed: {failed} did not come up')
+            return 2
         stopped = threading.Event()
         rclpy.get_default_context().on_shutdown(stopped.set)
         executors = spin_each_node(nodes)
         stopped.wait()
         for executor in executors:
             executor.shutdown()
+        for executor in executors:
+            # Out of spin before nodes are destroyed and the interpreter exits: a thread still inside rcl
+            # at teardown aborts the process ("terminate called without an active exception").
+            executor.spin_thread.join(5.0)
     except KeyboardInterrupt:
         pass
     finally:
@@ -57,8 +77,9 @@ def spin_each_node(nodes) -> list:
     for node in nodes:
         executor = SingleThreadedExecutor()
         executor.add_node(node)
-        threading.Thread(target=_spin_quietly, args=(executor,), name=f'spin-{node.get_name()}',
-                         daemon=True).start()
+        executor.spin_thread = threading.Thread(target=_spin_quietly, args=(executor,),
+                                                name=f'spin-{node.get_name()}', daemon=True)
+        executor.spin_thread.start()
         executors.append(executor)
     return executors
 
@@ -68,7 +89,21 @@ def _spin_quietly(executor) -> None:
         executor.spin()
     except ExternalShutdownException:
         pass   # the context was shut down (Ctrl-C, SIGTERM, end of file): the normal way out
+    except RCLError:
+        # Shut down between two waits: rclpy raises while building the next wait set on the dead context.
+        if executor.context.ok():
+            raise
+
+
+def exit_process(code: int) -> None:
+    """End a node process once run_nodes has released everything (nodes destroyed, rings unlinked, context
+    shut down). Measured: letting the interpreter tear down lifecycle nodes' C++ handles aborted the process
+    ("terminate called without an active exception", exit -6) on every SIGINT, so a clean stop looked like a
+    crash to launch and systemd. Nothing is left to finalise, so end here with the real exit code."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def main_for(node_class) -> int:
-    return run_nodes([node_class], args=sys.argv)
+    exit_process(run_nodes([node_class], args=sys.argv))

@@ -1,0 +1,140 @@
+"""Lifecycle transitions driven from outside, through the nodes' real lifecycle services, as
+lifecycle_manager / `ros2 lifecycle set` do: what each state holds and whether data flows."""
+import os
+import signal
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+import rclpy
+from lifecycle_msgs.msg import Transition
+
+pytestmark = pytest.mark.integration
+
+
+def start(module, name, overrides, log):
+    from vidaction_ros.pipeline import ros_param_arg
+    cmd = [os.sys.executable, '-m', f'vidaction_ros.nodes.{module}', '--ros-args', '-r', f'__node:={name}']
+    for key, value in overrides.items():
+        cmd += ['-p', ros_param_arg(key, value)]
+    return subprocess.Popen(cmd, cwd=tempfile.gettempdir(), stdout=log, stderr=subprocess.STDOUT,
+                            start_new_session=True, env=dict(os.environ))
+
+
+def stop(proc):
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGINT)
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    return proc.returncode
+
+
+@pytest.fixture
+def ros():
+    context = rclpy.Context()
+    rclpy.init(context=context)
+    from vidaction_ros.nodes.lifecycle_manager import LifecycleManager
+    manager = LifecycleManager(name='test_lifecycle_driver', context=context)
+    yield manager
+    manager.destroy_node()
+    rclpy.try_shutdown(context=context)
+
+
+class FrameCounter:
+    def __init__(self, node):
+        from vidaction_ros import qos
+        from vidaction_ros.msg import FrameRef
+        self.count = 0
+        self.node = node
+        node.create_subscription(FrameRef, 'camera/frame', self._on, qos.frame_qos(False))
+
+    def _on(self, msg):
+        self.count += 1
+
+    def frames_within(self, seconds):
+        from rclpy.executors import SingleThreadedExecutor
+        start = self.count
+        executor = SingleThreadedExecutor(context=self.node.context)
+        executor.add_node(self.node)
+        deadline = time.monotonic() + seconds
+        try:
+            while time.monotonic() < deadline:
+                executor.spin_once(timeout_sec=0.1)
+        finally:
+            executor.remove_node(self.node)
+            executor.shutdown()
+        return self.count - start
+
+
+def shm_rings():
+    return {p.name for p in Path('/dev/shm').glob('vidaction_camera_*')}
+
+
+def test_camera_states_hold_what_they_should(ros, tmp_path, video_path):
+    log = open(tmp_path / 'camera.log', 'w')
+    before = shm_rings()
+    camera = start('camera_node', 'camera', {'autostart': False, 'source': video_path, 'loop': True,
+                                             'transport': 'shm', 'gate_enabled': False}, log)
+    try:
+        counter = FrameCounter(ros)
+        assert ros.state_of('camera', timeout=60) == 'unconfigured'
+        assert ros.count_publishers('camera/frame') == 0 and shm_rings() == before   # holds nothing yet
+
+        assert ros.transition('camera', Transition.TRANSITION_CONFIGURE, 'configure')
+        assert ros.state_of('camera') == 'inactive'
+        assert len(shm_rings() - before) == 1                                     # ring allocated
+        assert counter.frames_within(2.0) == 0                                    # but nothing flows
+
+        assert ros.transition('camera', Transition.TRANSITION_ACTIVATE, 'activate')
+        assert counter.frames_within(3.0) >= 5                                   # 10 Hz reasoning rate
+
+        assert ros.transition('camera', Transition.TRANSITION_DEACTIVATE, 'deactivate')
+        counter.frames_within(0.5)                                                # in flight
+        assert counter.frames_within(2.0) == 0
+
+        assert ros.transition('camera', Transition.TRANSITION_ACTIVATE, 'activate')   # again: instant resume
+        assert counter.frames_within(3.0) >= 5
+        assert ros.transition('camera', Transition.TRANSITION_DEACTIVATE, 'deactivate')
+
+        assert ros.transition('camera', Transition.TRANSITION_CLEANUP, 'cleanup')
+        assert ros.state_of('camera') == 'unconfigured'
+        assert shm_rings() == before                                              # ring released
+        deadline = time.monotonic() + 10
+        while ros.count_publishers('camera/frame') and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert ros.count_publishers('camera/frame') == 0                          # publisher destroyed
+    finally:
+        assert stop(camera) == 0
+        log.close()
+
+
+def test_failed_configure_names_the_reason_and_leaves_the_node_unconfigured(ros, tmp_path):
+    log = open(tmp_path / 'embedder.log', 'w')
+    embedder = start('embedder_node', 'embedder', {'autostart': False, 'backend': 'clip_onnx',
+                                                   'model_path': str(tmp_path / 'no_such_model')}, log)
+    try:
+        assert ros.state_of('embedder', timeout=60) == 'unconfigured'
+        assert not ros.transition('embedder', Transition.TRANSITION_CONFIGURE, 'configure')
+        assert ros.state_of('embedder') == 'unconfigured'
+        assert embedder.poll() is None                       # still up: it can be configured again later
+    finally:
+        stop(embedder)
+        log.close()
+    text = (tmp_path / 'embedder.log').read_text()
+    assert 'configure failed' in text and 'no_such_model' in text
+
+
+def test_autostart_node_with_a_bad_source_exits_with_the_reason(tmp_path):
+    log = open(tmp_path / 'camera.log', 'w')
+    camera = start('camera_node', 'camera', {'source': str(tmp_path / 'missing.avi')}, log)
+    try:
+        assert camera.wait(60) == 2
+    finally:
+        stop(camera)
+        log.close()
+    assert 'missing.avi' in (tmp_path / 'camera.log').read_text()
