@@ -23,6 +23,12 @@ DEMO_OVERRIDES = {
 }
 
 
+# Action.TRIGGER_*: Actions for a frame (decided, or kept because the gate found the scene unchanged), and
+# those that carry no embedding (a kept decision, a watchdog failsafe).
+PER_FRAME_TRIGGERS = ('default', 'prompt', 'memory', 'hold', 'unchanged')
+NOT_EMBEDDED = ('unchanged', 'watchdog')
+
+
 class ActionPrinter:
     """Subscribes to `action` like a motion controller would and keeps the figures for the summary."""
 
@@ -33,6 +39,7 @@ class ActionPrinter:
         self.by_action = collections.Counter()
         self.latency = {k: LatencyWindow(100_000) for k in
                         ('capture_to_embed_ms', 'embed_ms', 'embed_to_decide_ms', 'capture_to_decide_ms')}
+        self.by_trigger = collections.Counter()
         self.last_at = time.monotonic()
         self.node = None
 
@@ -47,15 +54,19 @@ class ActionPrinter:
     def on_action(self, msg) -> None:
         self.count += 1
         self.by_action[msg.action] += 1
-        self.last_at = time.monotonic()
-        for key, window in self.latency.items():
-            window.add(getattr(msg, key))
+        self.by_trigger[msg.trigger] += 1
+        if msg.trigger in PER_FRAME_TRIGGERS:   # a failsafe repeats while stale: not a sign of progress
+            self.last_at = time.monotonic()
+        if msg.trigger not in NOT_EMBEDDED:     # kept and failsafe Actions have no stage latencies
+            for key, window in self.latency.items():
+                window.add(getattr(msg, key))
         if self.changes_only and not msg.changed:
             return
         media = msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9
         score = '   -  ' if math.isnan(msg.score) else f'{msg.score:6.3f}'
         mark = '*' if msg.changed else ' '
-        self.out.write(f'{media:7.2f}s {mark}{msg.action:<16} score {score}  latency {msg.capture_to_decide_ms:6.1f} ms'
+        self.out.write(f'{media:7.2f}s {mark}{msg.action:<16} {msg.trigger:<9} score {score}  '
+                       f'latency {msg.capture_to_decide_ms:6.1f} ms'
                        f'  #{msg.frame_sequence:<4} {msg.matched_prompt!r}\n')
         self.out.flush()
 
@@ -65,7 +76,9 @@ def summary(c: dict, e: dict, printer: ActionPrinter) -> str:
              f"  frames captured {c['captured']}  published {c['published']}  gated {c['gated']}  "
              f"rate-skipped {c['rate_skipped']}  dropped at capture {c['dropped']}",
              f"  frames embedded {e['embedded']}  dropped before embedding {e['dropped']}  lost {e['lost']}",
-             f"  actions {printer.count}: " + ', '.join(f'{k} {v}' for k, v in printer.by_action.most_common())]
+             f"  actions {printer.count}: " + ', '.join(f'{k} {v}' for k, v in printer.by_action.most_common()),
+             '  by trigger: ' + ', '.join(f'{k} {v}' for k, v in printer.by_trigger.most_common()),
+             '  latencies of decided (embedded) frames:']
     for key, window in printer.latency.items():
         lines.append(f'  {key:<22} p50 {window.percentile(50):7.1f} ms  p99 {window.percentile(99):7.1f} ms')
     return '\n'.join(lines) + '\n'

@@ -7,6 +7,7 @@ inference (latest frame wins), so a slow embedder costs dropped frames, never st
 from __future__ import annotations
 
 import logging
+import os
 import re
 import threading
 import time
@@ -37,9 +38,9 @@ _SECRET_QUERY = re.compile(r'(?i)([?&;](?:password|passwd|pass|pwd|token|access_
 def redact_url(url: str) -> str:
     """rtsp://user:secret@host/stream -> rtsp://***@host/stream: credentials never reach a log.
 
-    The user-info runs to the *last* '@' before the query: a password with an unescaped '@' or '/'
-    (rtsp://admin:p@ss/w@cam/live) is what FFmpeg accepts and must not leak its tail either (the first
-    version stopped at the first '@'). Secret query values (?pwd=..., &token=...) become ***."""
+    The user-info is cut up to the *last* '@' before the query, as FFmpeg splits it, so a password with an
+    unescaped '@' or '/' (rtsp://admin:p@ss/w@cam/live) does not leak its tail (cutting at the first '@'
+    did). Secret query values (?pwd=..., &token=...) become ***."""
     url = re.sub(r'(?<=://)[^?#]*@', '***@', url)
     return _SECRET_QUERY.sub(r'\1***', url)
 
@@ -90,7 +91,6 @@ class OpenCvSource:
 
     def open(self) -> None:
         import cv2
-        import os
         if self.kind == 'file':
             if not os.path.isfile(self.uri):
                 raise SourceError(f'video file not found: {self.uri}')

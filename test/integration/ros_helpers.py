@@ -69,5 +69,25 @@ def stop_group(proc: subprocess.Popen, timeout: float = 30.0) -> int:
     return proc.returncode
 
 
+def start_node(name, params_file, overrides, log):
+    """One graph node as its own process group, the command line `vidaction_pipeline --mode processes` uses."""
+    from vidaction_ros import graph
+    from vidaction_ros.pipeline import node_command
+    spec = next(s for s in graph.NODES if s.name == name)
+    return subprocess.Popen(node_command(spec, params_file, overrides), cwd=tempfile.gettempdir(),
+                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=dict(os.environ))
+
+
+def stop(proc, sig=signal.SIGINT, timeout=20):
+    """Signal a process group, SIGKILL it after `timeout` (no assertion: see stop_group for that)."""
+    if proc.poll() is None:
+        os.killpg(proc.pid, sig)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
 def stamp_s(msg) -> float:
     return msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9

@@ -5,13 +5,11 @@ when a new embedder comes up. Four node processes started one by one (as a launc
 import math
 import os
 import signal
-import subprocess
-import tempfile
 
 import pytest
 import rclpy
 
-from ros_helpers import ActionCollector, stamp_s
+from ros_helpers import ActionCollector, stamp_s, start_node, stop
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -20,24 +18,6 @@ PERIOD_S = 0.05
 # Scheduling slack on a loaded 2-core machine between "the timer should fire" and "it fired". Generous on
 # purpose: the assertion is that the failsafe comes, and not before the deadline.
 SLACK_S = 0.5
-
-
-def start_node(name, params_file, overrides, log):
-    from vidaction_ros import graph
-    from vidaction_ros.pipeline import node_command
-    spec = next(s for s in graph.NODES if s.name == name)
-    return subprocess.Popen(node_command(spec, params_file, overrides), cwd=tempfile.gettempdir(),
-                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=dict(os.environ))
-
-
-def stop(proc, sig=signal.SIGINT, timeout=20):
-    if proc.poll() is None:
-        os.killpg(proc.pid, sig)
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
 
 
 def test_embedder_killed_gives_failsafe_then_recovery(tmp_path, video_path):

@@ -21,9 +21,9 @@ from ..bag_io import BagFrameSource, is_bag_path
 from ..compressed import message_to_bgr
 from ..conversions import to_time
 from ..diagnostics import DiagnosticsPublisher, RateMeter, health
-from ..frame_source import CaptureThread, CapturedFrame, OpenCvSource, SourceError, downscale
+from ..frame_source import CaptureThread, CapturedFrame, OpenCvSource, SourceError, downscale, redact_url
 from ..image_codec import ImageFormatError
-from ..msg import Action, FrameRef
+from ..msg import Action, FrameRef, SceneUnchanged
 from ..params import Param, ParameterError
 from ..rate import RateLimiter
 from ..scene_gate import SceneChangeGate
@@ -101,6 +101,9 @@ class CameraNode(ManagedNode):
             self.own(self.sender.interop)
         self.gate = SceneChangeGate(self.p['gate_threshold'], self.p['gate_max_skip_s'],
                                     enabled=self.p['gate_enabled'] and not self.p['lockstep'])
+        # A gated frame is still news: the scene is as it was. Without it a static scene would look like a
+        # dead pipeline to the policy's watchdog whenever gate_max_skip_s exceeds its deadline.
+        self.unchanged = self.own(self.create_publisher(SceneUnchanged, 'camera/unchanged', qos.EMBEDDING))
         self.rate = RateLimiter(self.p['rate_hz'])
         self.sequence = 0
         self.finished.clear()
@@ -159,7 +162,7 @@ class CameraNode(ManagedNode):
         state = (self.capture.state if self.capture is not None else 'topic' if self.p['source'] == 'topic'
                  else 'lockstep')
         info = {'lifecycle': lifecycle, 'state': state,
-                'source': self.source.display_uri if self.source else self.p['source'],
+                'source': self.source.display_uri if self.source else redact_url(self.p['source']),
                 'transport': self.p['transport'], 'rate_hz': self.p['rate_hz']}
         if self.capture is not None:
             info['reconnects'] = self.capture.reconnects
@@ -168,11 +171,13 @@ class CameraNode(ManagedNode):
         return health(counts, self._rates.rates(counts, time.monotonic()), None, info, error=error)
 
     # -- building and publishing -------------------------------------------------------------------------
+    def _header_stamp_s(self, frame: CapturedFrame) -> float:
+        keep_source_stamp = self.p['stamp_source'] == 'media' or self.p['source'] == 'topic'
+        return frame.media_s if (keep_source_stamp and frame.media_s is not None) else frame.captured_wall_s
+
     def _make_ref(self, frame: CapturedFrame) -> FrameRef:
         msg = FrameRef()
-        keep_source_stamp = self.p['stamp_source'] == 'media' or self.p['source'] == 'topic'
-        stamp_s = frame.media_s if (keep_source_stamp and frame.media_s is not None) else frame.captured_wall_s
-        msg.header.stamp = to_time(stamp_s)
+        msg.header.stamp = to_time(self._header_stamp_s(frame))
         msg.header.frame_id = self.p['frame_id']
         msg.sequence = self.sequence
         self.sequence += 1
@@ -184,6 +189,15 @@ class CameraNode(ManagedNode):
         msg.times.published = to_time(time.time())
         self.sender.send(msg, image)
         self.counts['published'] += 1
+
+    def _publish_unchanged(self, frame: CapturedFrame, score: float) -> None:
+        msg = SceneUnchanged()
+        msg.header.stamp = to_time(self._header_stamp_s(frame))
+        msg.header.frame_id = self.p['frame_id']
+        msg.same_as_sequence = self.sequence - 1
+        msg.scene_change = float(score)
+        msg.captured = to_time(frame.captured_wall_s)
+        self.unchanged.publish(msg)
 
     def _limit_reached(self) -> bool:
         return 0 < self.p['max_frames'] <= self.counts['published']
@@ -207,6 +221,8 @@ class CameraNode(ManagedNode):
         result = self.gate.check(frame.image, stamp_s)
         if not result.passed:
             self.counts['gated'] += 1
+            if self.sequence > 0:   # something was handed on that this frame can be the same as
+                self._publish_unchanged(frame, result.score)
             return
         msg = self._make_ref(frame)
         msg.scene_change = result.score if result.score != float('inf') else -1.0

@@ -14,7 +14,7 @@ from .. import qos
 from ..backends import create_backend
 from ..conversions import ms_between, to_seconds, to_time, vector_from_msg
 from ..diagnostics import DiagnosticsPublisher, RateMeter, health
-from ..msg import Action, MemoryContext
+from ..msg import Action, MemoryContext, SceneUnchanged
 from ..params import Param
 from ..paths import resolve_policy_file
 from ..policy import Observation, PolicyEngine, load_policy
@@ -45,7 +45,8 @@ class PolicyNode(ManagedNode):
 
     def __init__(self, name: str = 'policy', **kwargs):
         super().__init__(name, **kwargs)
-        self.counts = {'received': 0, 'decided': 0, 'rejected': 0, 'changes': 0, 'failsafes': 0}
+        self.counts = {'received': 0, 'decided': 0, 'rejected': 0, 'changes': 0, 'failsafes': 0,
+                       'unchanged_kept': 0, 'unchanged_ignored': 0}
         self.latency = LatencyWindow()
         self.backend = None
         self.watchdog = None
@@ -53,6 +54,7 @@ class PolicyNode(ManagedNode):
         self._last_action = ''          # as published, failsafes included: `changed` is about the stream
         self._last_frame_id = ''
         self._last_sequence = 0
+        self._last_decision: Action | None = None   # the newest per-frame decision (no failsafe, no copy)
         self._rates = RateMeter()
         self.diagnostics = DiagnosticsPublisher(self, self._diagnostics)
         if self.p['autostart']:
@@ -67,6 +69,7 @@ class PolicyNode(ManagedNode):
         self.engine = PolicyEngine(self.spec, self.backend.embed_texts, logger=self.get_logger())
         self.publisher = self.own(self.create_publisher(Action, 'action', qos.ACTION))
         self.own(self.create_subscription(MemoryContext, 'memory/context', self._on_context, qos.EMBEDDING))
+        self.own(self.create_subscription(SceneUnchanged, 'camera/unchanged', self._on_unchanged, qos.EMBEDDING))
         self.get_logger().info(f"policy {self.policy_file} loaded: actions "
                                f"{[r.name for r in self.spec.actions]}")
 
@@ -86,6 +89,7 @@ class PolicyNode(ManagedNode):
                                    self._last_sequence, math.nan)
 
     def cleanup(self) -> None:
+        self._last_decision = None
         if self.backend is not None:
             self.backend.deactivate()
         self.backend = None
@@ -135,6 +139,15 @@ class PolicyNode(ManagedNode):
         msg.capture_to_decide_ms = ms_between(times.captured, times.decided)
         msg.evidence = ([context.past] if context.has_past else []) + list(context.neighbours)
         self.publisher.publish(msg)
+        self._last_decision = msg
+        self._sent(msg)
+        self.counts['decided'] += 1
+        self.counts['changes'] += int(decision.changed)
+        self.latency.add(msg.capture_to_decide_ms)
+        self._log(msg)
+
+    def _sent(self, msg: Action) -> None:
+        """Book-keeping after a per-frame Action (decided or kept): the stream's state and the watchdog."""
         self._last_action = msg.action
         self._last_frame_id = msg.header.frame_id
         self._last_sequence = msg.frame_sequence
@@ -142,10 +155,33 @@ class PolicyNode(ManagedNode):
             event = self.watchdog.fresh(to_seconds(msg.header.stamp), msg.frame_sequence, self._now_s())
             if event is not None:
                 self.get_logger().warning(event.reason)
-        self.counts['decided'] += 1
-        self.counts['changes'] += int(decision.changed)
-        self.latency.add(msg.capture_to_decide_ms)
-        self._log(msg)
+
+    def _on_unchanged(self, notice: SceneUnchanged) -> None:
+        """The camera gated a frame as unchanged: keep the decision of the frame it is the same as."""
+        if not self.active:
+            return
+        decided = self._last_decision
+        if decided is None or decided.frame_sequence != notice.same_as_sequence:
+            # That frame is still on its way (or was lost): its decision cannot be vouched for yet. A dead
+            # embedder therefore still trips the watchdog, however static the scene.
+            self.counts['unchanged_ignored'] += 1
+            return
+        msg = Action()
+        for field in ('action', 'action_code', 'priority', 'score', 'threshold', 'matched_prompt', 'region',
+                      'frame_sequence'):
+            setattr(msg, field, getattr(decided, field))
+        msg.header = notice.header
+        msg.trigger = Action.TRIGGER_UNCHANGED
+        msg.changed = msg.action != self._last_action     # e.g. back from a failsafe
+        msg.reason = (f'scene unchanged since frame #{decided.frame_sequence} (gate score '
+                      f'{notice.scene_change:.2f}): {decided.reason}')
+        msg.times.captured = notice.captured
+        msg.times.decided = to_time(time.time())
+        msg.capture_to_embed_ms = msg.embed_ms = msg.embed_to_decide_ms = math.nan   # nothing was embedded
+        msg.capture_to_decide_ms = ms_between(msg.times.captured, msg.times.decided)
+        self.publisher.publish(msg)
+        self._sent(msg)
+        self.counts['unchanged_kept'] += 1
 
     def _now_s(self) -> float:
         # The node clock: wall time live, the bag's /clock under use_sim_time.
@@ -156,12 +192,14 @@ class PolicyNode(ManagedNode):
             return
         event = self.watchdog.check(self._now_s())
         if event is not None:
-            self._publish_failsafe(event.reason, event.last_sequence, event.age_s * 1000.0)
+            # Stamped on the frames' clock (media time in a replay), as the newest frame's stamp + its age.
+            self._publish_failsafe(event.reason, event.last_sequence, event.age_s * 1000.0,
+                                   event.last_stamp_s + event.age_s)
             self.counts['failsafes'] = self.watchdog.failsafes
 
-    def _publish_failsafe(self, reason: str, sequence: int, age_ms: float) -> None:
+    def _publish_failsafe(self, reason: str, sequence: int, age_ms: float, stamp_s: float | None = None) -> None:
         msg = Action()
-        msg.header.stamp = to_time(self._now_s())
+        msg.header.stamp = to_time(self._now_s() if stamp_s is None else stamp_s)
         msg.header.frame_id = self._last_frame_id
         msg.action = self.p['failsafe_action']
         msg.action_code = getattr(Action, f"ACTION_{self.p['failsafe_code']}")

@@ -1,0 +1,131 @@
+"""A static scene behind the camera's scene-change gate: the policy keeps its decision for every held-back frame
+(TRIGGER_UNCHANGED), so the controller keeps hearing fresh Actions and the watchdog stays quiet although nothing
+is embedded; a dead embedder still trips the watchdog as soon as the scene changes.
+
+Four node processes, the camera subscribed to an Image topic this test publishes: one real video frame, the
+same pixels every 100 ms (a static scene by construction), then a different frame (a scene change).
+Expected results from first principles: identical pixels give a gate score of 0 (< threshold), so every frame
+after the first is held back until the max-skip interval, set far beyond the test here.
+"""
+import math
+import os
+import signal
+import threading
+
+import pytest
+import rclpy
+
+from conftest import read_frame
+from ros_helpers import ActionCollector, stamp_s, start_node, stop
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+DEADLINE_S = 0.5
+PERIOD_S = 0.05
+SLACK_S = 0.5        # scheduling slack on a loaded 2-core machine (see test_watchdog_failsafe)
+FRAME_PERIOD_S = 0.1
+
+
+class StaticScene:
+    """Publishes one frame's pixels as sensor_msgs/Image at 10 Hz, stamped with the wall clock."""
+
+    def __init__(self, context, frame):
+        from rclpy.executors import SingleThreadedExecutor
+        from rclpy.node import Node
+        from sensor_msgs.msg import Image
+        from vidaction_ros import qos
+        self.node = Node('test_static_scene', context=context)
+        self.pub = self.node.create_publisher(Image, 'image_raw', qos.IMAGE)
+        self.msg = Image()
+        self.stamps = []
+        self.lock = threading.Lock()
+        self.show(frame)
+        self.node.create_timer(FRAME_PERIOD_S, self._tick)
+        self.executor = SingleThreadedExecutor(context=context)
+        self.executor.add_node(self.node)
+        threading.Thread(target=self.executor.spin, daemon=True).start()
+
+    def show(self, frame):
+        with self.lock:
+            self.msg.height, self.msg.width = frame.shape[:2]
+            self.msg.encoding, self.msg.step = 'bgr8', frame.shape[1] * 3
+            self.msg.data = frame.tobytes()
+
+    def _tick(self):
+        with self.lock:
+            self.msg.header.stamp = self.node.get_clock().now().to_msg()
+            self.pub.publish(self.msg)
+            self.stamps.append(stamp_s(self.msg))
+
+    def close(self):
+        self.executor.shutdown()
+        self.node.destroy_node()
+
+
+def test_static_scene_keeps_the_decision_and_a_dead_embedder_still_trips_the_watchdog(tmp_path):
+    from vidaction_ros.paths import config_file
+    params = str(config_file('vidaction.yaml'))
+    log = open(tmp_path / 'nodes.log', 'w')
+    procs = {
+        'camera': start_node('camera', params, {'source': 'topic', 'image_topic': 'image_raw', 'rate_hz': 10.0,
+                                                'gate_max_skip_s': 3600.0}, log),
+        'memory': start_node('memory', params, {}, log),
+        'policy': start_node('policy', params, {'watchdog_deadline_s': DEADLINE_S,
+                                                'watchdog_period_s': PERIOD_S}, log),
+        'embedder': start_node('embedder', params, {}, log),
+    }
+    context = rclpy.Context()
+    rclpy.init(context=context)
+    collector = ActionCollector(context=context)
+    scene = StaticScene(context, read_frame(100))
+    try:
+        def kept(m):
+            return [a for a in m if a.trigger == 'unchanged']
+        # Many frames of a static scene go by: one decided, the rest kept (a full second's worth at least).
+        assert collector.wait_for(lambda m: len(kept(m)) >= 30, timeout=240), \
+            (tmp_path / 'nodes.log').read_text()[-3000:]
+        with collector.changed:
+            messages = list(collector.messages)
+        decided = [a for a in messages if a.trigger not in ('unchanged', 'watchdog')]
+        assert len(decided) == 1, [(a.trigger, a.frame_sequence) for a in messages]   # one frame went through
+        first = messages.index(decided[0])
+        assert decided[0].frame_sequence == 0
+        # From the first decision on: no failsafe however long the scene stays static, an Action for every
+        # held-back frame, each keeping the decided frame's action and naming that frame.
+        after = messages[first + 1:]
+        assert all(a.trigger == 'unchanged' for a in after), [a.trigger for a in after]
+        assert all(a.action == decided[0].action and a.frame_sequence == 0 and not a.changed for a in after)
+        assert all('unchanged since frame #0' in a.reason for a in after)
+        assert all(math.isnan(a.embed_ms) and a.capture_to_decide_ms >= 0 for a in after)
+        # Stamped with the held-back frames' capture stamps: published ones, strictly increasing.
+        published = set(scene.stamps)
+        assert all(any(abs(stamp_s(a) - s) < 1e-6 for s in published) for a in after)
+        kept_stamps = [stamp_s(a) for a in after]
+        assert kept_stamps == sorted(set(kept_stamps))
+
+        # The embedder dies; the scene changes. The camera hands the new frame on, nothing decides it, so
+        # the following held-back frames cannot keep a decision: the watchdog fires.
+        os.killpg(procs['embedder'].pid, signal.SIGKILL)
+        procs['embedder'].wait()
+        killed_at = len(collector.messages)
+        scene.show(read_frame(600))
+        assert collector.wait_for(lambda m: any(a.trigger == 'watchdog' for a in m[killed_at:]), timeout=60)
+        with collector.changed:
+            messages = list(collector.messages)
+        failsafe_index = next(i for i in range(killed_at, len(messages)) if messages[i].trigger == 'watchdog')
+        last_good = messages[failsafe_index - 1]
+        assert last_good.trigger in ('unchanged', 'default', 'prompt', 'hold')
+        gap = stamp_s(messages[failsafe_index]) - stamp_s(last_good)
+        assert DEADLINE_S <= gap <= DEADLINE_S + PERIOD_S + SLACK_S, gap
+        assert messages[failsafe_index].frame_sequence == 0      # the newest frame that was decided
+    finally:
+        scene.close()
+        collector.close()
+        rclpy.try_shutdown(context=context)
+        for proc in procs.values():
+            stop(proc)
+        log.close()
+    for name, proc in procs.items():
+        if name != 'embedder':
+            assert proc.returncode == 0, f'{name} exited {proc.returncode}: ' + \
+                (tmp_path / 'nodes.log').read_text()[-3000:]
