@@ -1,5 +1,6 @@
 """The bad-input table (issue #8): every kind of bad input the nodes can receive, fed to the real core that
-catches it. docs/bad_inputs.md shows the same table (test_docs_table_matches_the_rows keeps them in step).
+catches it. The README's "Safe under faults" section shows the same table (test_readme_table_matches_the_rows keeps them
+in step).
 
 Each row says what is wrong, how it is fed, and what must happen:
   * a clear error: the exception type and a regex its message must match, naming the field and the value;
@@ -26,7 +27,7 @@ import pytest
 
 from vidaction_ros.image_codec import ImageFormatError
 
-DOCS = Path(__file__).resolve().parents[2] / 'docs' / 'bad_inputs.md'
+README = Path(__file__).resolve().parents[2] / 'README.md'
 SECRET = 'secret'   # the password of every URL below: must never appear in a log, an error or stderr
 
 
@@ -528,9 +529,12 @@ def test_table_is_large_and_ids_are_unique():
     assert len(ids) >= 15 and len(set(ids)) == len(ids)
 
 
-def test_docs_table_matches_the_rows():
-    """docs/bad_inputs.md lists exactly these test ids, in this order."""
-    documented = re.findall(r'^\|.*\|\s*`([a-z0-9-]+)`\s*\|\s*$', DOCS.read_text(), flags=re.M)
+def test_readme_table_matches_the_rows():
+    """The README's bad-input table (section "Safe under faults") lists exactly these test ids, in order."""
+    text = README.read_text()
+    section = text[text.index('## Safe under faults'):]
+    section = section[:section.index('\n## ', 1)]
+    documented = re.findall(r'^\|.*\|\s*`([a-z0-9-]+)`\s*\|\s*$', section, flags=re.M)
     assert documented == [r.id for r in ROWS]
 
 

@@ -271,6 +271,14 @@ class CameraNode(ManagedNode):
             return
         now = time.time()
         stamp_s = msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9
+        if stamp_s == 0.0:
+            # A driver that never sets the stamp: 0 would look like time jumping back to memory and policy
+            # (window cleared, hysteresis reset) on every frame. Receive time is the best capture time left.
+            self.counts['unstamped'] = self.counts.get('unstamped', 0) + 1
+            if self.counts['unstamped'] == 1:
+                self.get_logger().warning(f"input images on '{self.p['image_topic']}' have header.stamp 0: "
+                                          'stamping them with the receive time (counted as unstamped)')
+            stamp_s = now
         small = downscale(image, self.p['max_width'], self.p['max_height'])
         self.counts['captured'] += 1
         frame = CapturedFrame(small, self.counts['captured'] - 1, stamp_s, now, (image.shape[1], image.shape[0]))

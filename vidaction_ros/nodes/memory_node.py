@@ -117,7 +117,8 @@ class MemoryNode(ManagedNode):
         try:
             vector = vector_from_msg(msg.vector, msg.dim or None, f'embedding {msg.sequence}')
             memory = self._window(vector.size)
-            now = time.time() if self.p['stamps_are_wall_clock'] else None
+            # The node clock: wall time live, the bag's /clock under use_sim_time (never the host's time then).
+            now = self.get_clock().now().nanoseconds * 1e-9 if self.p['stamps_are_wall_clock'] else None
             result = memory.insert(msg.sequence, stamp_s, vector, now_s=now)
         except (ValueError, MemoryInputError) as err:
             self.counts['rejected'] += 1
