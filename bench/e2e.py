@@ -48,4 +48,5 @@ def main(argv=None) -> int:
 
 
 if __name__ == '__main__':
-    raise SystemExit(main())
+    from vidaction_ros.nodes.runtime import exit_process
+    exit_process(main())   # lifecycle nodes torn down at interpreter exit can abort it: see exit_process

@@ -58,7 +58,9 @@ def test_each_node_reports_its_health(tmp_path, video_path):
         assert len(reports) >= 3, f'{name}: {len(reports)} reports; seen {sorted(seen)}\n{log[-2000:]}'
         last = reports[-1][1]
         assert keys <= {kv.key for kv in last.values}, (name, [kv.key for kv in last.values])
+        # ~1 Hz on average. Single gaps are not bounded below: a timer delayed by a long callback on a loaded
+        # machine fires late and the next one on time, so two reports may arrive close together.
         gaps = [b[0] - a[0] for a, b in zip(reports, reports[1:])]
-        assert all(0.3 < g < 3.0 for g in gaps), (name, gaps)        # ~1 Hz, generous bounds
+        assert 0.5 < sum(gaps) / len(gaps) < 2.0 and max(gaps) < 5.0, (name, gaps)
     camera = {kv.key: kv.value for kv in seen['vidaction_ros: camera'][-1][1].values}
     assert int(camera['published']) > 0

@@ -71,23 +71,25 @@ class FrameCounter:
         return self.count - start
 
 
-def shm_rings():
-    return {p.name for p in Path('/dev/shm').glob('vidaction_camera_*')}
+def shm_rings(pid):
+    """This process's frame rings. Rings are named vidaction_<node>_<pid>_<n>: other pipelines running on the
+    machine have their own, and a starting camera reclaims stale ones of dead processes, so only the camera
+    under test's are counted."""
+    return {p.name for p in Path('/dev/shm').glob(f'vidaction_camera_{pid}_*')}
 
 
 def test_camera_states_hold_what_they_should(ros, tmp_path, video_path):
     log = open(tmp_path / 'camera.log', 'w')
-    before = shm_rings()
     camera = start('camera_node', 'camera', {'autostart': False, 'source': video_path, 'loop': True,
                                              'transport': 'shm', 'gate_enabled': False}, log)
     try:
         counter = FrameCounter(ros)
         assert ros.state_of('camera', timeout=60) == 'unconfigured'
-        assert ros.count_publishers('camera/frame') == 0 and shm_rings() == before   # holds nothing yet
+        assert ros.count_publishers('camera/frame') == 0 and not shm_rings(camera.pid)   # holds nothing yet
 
         assert ros.transition('camera', Transition.TRANSITION_CONFIGURE, 'configure')
         assert ros.state_of('camera') == 'inactive'
-        assert len(shm_rings() - before) == 1                                     # ring allocated
+        assert len(shm_rings(camera.pid)) == 1                                    # ring allocated
         assert counter.frames_within(2.0) == 0                                    # but nothing flows
 
         assert ros.transition('camera', Transition.TRANSITION_ACTIVATE, 'activate')
@@ -103,7 +105,7 @@ def test_camera_states_hold_what_they_should(ros, tmp_path, video_path):
 
         assert ros.transition('camera', Transition.TRANSITION_CLEANUP, 'cleanup')
         assert ros.state_of('camera') == 'unconfigured'
-        assert shm_rings() == before                                              # ring released
+        assert not shm_rings(camera.pid)                                           # ring released
         deadline = time.monotonic() + 10
         while ros.count_publishers('camera/frame') and time.monotonic() < deadline:
             time.sleep(0.1)

@@ -30,7 +30,7 @@ BACKEND_ARGS = {
     'cpu': ('threads', 'load_images', 'logger'),
     'clip_onnx': ('model_path', 'device', 'threads', 'load_images', 'logger'),
     'clip_hf': ('model_path', 'device', 'precision', 'threads', 'load_images', 'logger'),
-    'torch_cuda': ('model_path', 'device', 'precision', 'threads', 'load_images', 'logger'),
+    'torch_cuda': ('model_path', 'device', 'precision', 'threads', 'cuda_graph', 'load_images', 'logger'),
     'tensorrt': ('model_path', 'precision', 'max_batch', 'engine_cache_dir', 'calibration_source',
                  'calibration_frames', 'threads', 'load_images', 'logger'),
 }

@@ -42,6 +42,8 @@ PARAMS = BACKEND_PARAMS + [
     Param('engine_cache_dir', '', 'tensorrt: where built engines are cached ("" = ~/.cache/vidaction_ros/tensorrt)'),
     Param('calibration_source', '', 'tensorrt int8 on a float ONNX: video of the robot\'s scenes to calibrate on'),
     Param('calibration_frames', 256, 'tensorrt int8: frames taken evenly from calibration_source', 1, 100000),
+    Param('cuda_graph', True, 'torch_cuda: replay the image encoder from CUDA graphs (batch 1 captured at '
+          'configure, other batch sizes the second time they occur); false = eager'),
     Param('lockstep', False, 'reliable deep frame queue (deterministic replay) instead of newest-wins'),
 ]
 
@@ -54,7 +56,7 @@ def load_regions(policy_file: str):
 def backend_params(p: dict, logger=None) -> dict:
     """The backend constructor arguments from a node's parameters (create_backend keeps those it takes)."""
     names = ('model_path', 'device', 'precision', 'threads', 'max_batch', 'engine_cache_dir',
-             'calibration_source', 'calibration_frames')
+             'calibration_source', 'calibration_frames', 'cuda_graph')
     return {**{n: p[n] for n in names if n in p}, 'logger': logger}
 
 
