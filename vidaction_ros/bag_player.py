@@ -23,6 +23,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 
+from rclpy._rclpy_pybind11 import RCLError
 import rclpy.logging
 from rclpy.duration import Duration
 from rclpy.node import Node
@@ -202,7 +203,13 @@ class BagPlayer(Node):
         if not self.context.ok():
             return
         for topic, pub in self._topic_pubs.items():
-            if not pub.wait_for_all_acked(Duration(seconds=timeout_s)):
+            try:
+                acked = pub.wait_for_all_acked(Duration(seconds=timeout_s))
+            except RCLError:
+                if self.context.ok():
+                    raise
+                return   # SIGINT shut the context down while waiting (rclpy's signal thread): nothing to flush to
+            if not acked:
                 self.get_logger().warning(f'{topic}: not every message acknowledged within {timeout_s:g} s')
 
 

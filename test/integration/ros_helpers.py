@@ -45,6 +45,19 @@ class ActionCollector:
                 self.changed.wait(min(left, 1.0))
             return True
 
+    def decisions_at_shutdown_split(self):
+        """(per-frame Actions, failsafes). With the watchdog off (lock-step), the only failsafe a run may
+        end with is the one a deactivating policy sends so the controller hears it go silent: it comes after
+        every decision, and only when the policy's context is still up at that moment (a race with SIGINT)."""
+        with self.changed:
+            messages = list(self.messages)
+        decided = [a for a in messages if a.trigger != 'watchdog']
+        failsafes = [a for a in messages if a.trigger == 'watchdog']
+        assert all('deactivated' in a.reason for a in failsafes), [a.reason for a in failsafes]
+        if failsafes:
+            assert messages.index(failsafes[0]) >= len(decided), 'a failsafe came before the last decision'
+        return decided, failsafes
+
     def close(self):
         self.executor.shutdown()
         self.node.destroy_node()

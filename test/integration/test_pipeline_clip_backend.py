@@ -68,7 +68,7 @@ def test_pipeline_runs_on_a_clip_exported_to_onnx(tmp_path, video_path):
     assert f'backend clip_onnx ({model_id}, dim {tiny_models.DIM})' in text   # the embedder loaded the export
     assert 'prompts were embedded with' not in text                            # policy agreed on the model
 
-    actions = collector.messages
+    actions, _ = collector.decisions_at_shutdown_split()
     sequences = [a.frame_sequence for a in actions]
     assert sequences == sorted(sequences) and set(sequences) == set(range(FRAMES))
     assert len(sequences) == FRAMES                      # lock-step: one Action per frame, none twice

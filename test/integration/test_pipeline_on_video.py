@@ -45,7 +45,8 @@ def lockstep_run(tmp_path_factory, video_path):
         rclpy.try_shutdown(context=context)
     text = log.read_text()
     assert complete, f'not every frame was decided; pipeline log tail:\n{text[-3000:]}'
-    return collector.messages, code, text
+    decided, _ = collector.decisions_at_shutdown_split()
+    return decided, code, text
 
 
 def labels():
