@@ -63,6 +63,25 @@ class ActionCollector:
         self.node.destroy_node()
 
 
+def run_until_frame_decided(args: list[str], last_sequence: int, log_path, timeout: float):
+    """Start `vidaction_pipeline ARGS`, collect its Actions in a fresh context until frame `last_sequence` is
+    decided (or the timeout), stop it with SIGINT. Returns (per-frame Actions, complete, exit code, log)."""
+    context = rclpy.Context()
+    rclpy.init(context=context)
+    collector = ActionCollector(context=context)
+    proc = start_pipeline(*args, log_path=str(log_path))
+    try:
+        complete = collector.wait_for(lambda m: any(a.frame_sequence == last_sequence for a in m), timeout=timeout)
+        code = stop_group(proc)
+    finally:
+        if proc.poll() is None:
+            stop_group(proc)
+        collector.close()
+        rclpy.try_shutdown(context=context)
+    decided, _ = collector.decisions_at_shutdown_split()
+    return decided, complete, code, open(log_path).read()
+
+
 def start_pipeline(*args: str, log_path: str | None = None) -> subprocess.Popen:
     """`vidaction_pipeline ARGS` as a child process group, run outside the source tree."""
     out = open(log_path, 'w') if log_path else subprocess.DEVNULL
@@ -91,8 +110,8 @@ def start_node(name, params_file, overrides, log):
                             stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=dict(os.environ))
 
 
-def stop(proc, sig=signal.SIGINT, timeout=20):
-    """Signal a process group, SIGKILL it after `timeout` (no assertion: see stop_group for that)."""
+def stop(proc, sig=signal.SIGINT, timeout=20.0) -> int:
+    """Signal a process group, SIGKILL it after `timeout` (no assertion: see stop_group for that); its exit code."""
     if proc.poll() is None:
         os.killpg(proc.pid, sig)
         try:
@@ -100,6 +119,7 @@ def stop(proc, sig=signal.SIGINT, timeout=20):
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+    return proc.returncode
 
 
 def stamp_s(msg) -> float:

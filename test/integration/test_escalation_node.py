@@ -10,7 +10,6 @@ zone at 50.4 s, so STOP fires on this slice), plus
 Subscribers in this process record every Action and Escalation with its arrival time.
 """
 import os
-import signal
 import subprocess
 import sys
 import tempfile
@@ -24,6 +23,7 @@ from rclpy.node import Node
 from rclpy.parameter import Parameter
 
 from bag_helpers import REPLAY_BAG
+from ros_helpers import stop
 
 pytestmark = pytest.mark.integration
 
@@ -94,15 +94,6 @@ def start_node(module, name, overrides, log_path, extra=()):
                             start_new_session=True, env=dict(os.environ))
 
 
-def stop(proc, timeout=30.0):
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGINT)
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-    return proc.returncode
 
 
 def stamp_ns(msg):
@@ -160,7 +151,7 @@ def run(tmp_path_factory):
         recorder.wait_for(lambda: len(recorder.items['escalation_slow']) >= slow_node.escalator.counts['published'],
                           30)
         counts = dict(slow_node.escalator.counts)
-        codes = {name: stop(proc) for name, proc in procs.items()}
+        codes = {name: stop(proc, timeout=30.0) for name, proc in procs.items()}
     finally:
         slow.release.set()
         for proc in procs.values():

@@ -1,7 +1,6 @@
 """Lifecycle transitions driven from outside, through the nodes' real lifecycle services, as
 lifecycle_manager / `ros2 lifecycle set` do: what each state holds and whether data flows."""
 import os
-import signal
 import subprocess
 import tempfile
 import time
@@ -10,6 +9,8 @@ from pathlib import Path
 import pytest
 import rclpy
 from lifecycle_msgs.msg import Transition
+
+from ros_helpers import stop
 
 pytestmark = pytest.mark.integration
 
@@ -23,15 +24,6 @@ def start(module, name, overrides, log):
                             start_new_session=True, env=dict(os.environ))
 
 
-def stop(proc):
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGINT)
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-    return proc.returncode
 
 
 @pytest.fixture

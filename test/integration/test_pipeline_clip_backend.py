@@ -7,11 +7,10 @@ scores the policy could compute (finite for prompt triggers) and a matched promp
 import math
 
 import pytest
-import rclpy
 import yaml
 
 import tiny_models
-from ros_helpers import ActionCollector, stamp_s, start_pipeline, stop_group
+from ros_helpers import run_until_frame_decided, stamp_s
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 pytest.importorskip('transformers')
@@ -43,32 +42,19 @@ def test_pipeline_runs_on_a_clip_exported_to_onnx(tmp_path, video_path):
     from vidaction_ros.backends.joint import read_manifest
     onnx_dir = export(tiny_models.build('clip', tmp_path / 'hf'), tmp_path / 'onnx')
     model_id = read_manifest(onnx_dir).model_id
-    log = tmp_path / 'pipeline.log'
-    context = rclpy.Context()
-    rclpy.init(context=context)
-    collector = ActionCollector(context=context)
-    proc = start_pipeline('--mode', 'processes', '--lockstep', '--source', video_path,
-                          '--backend', 'clip_onnx', '--model_path', str(onnx_dir),
-                          '--set', f'camera.max_frames={FRAMES}',
-                          '--set', 'camera.lockstep_action_subscribers=2',
-                          # The tiny model loads in a blink: give DDS time to match this test's subscriber
-                          # to the policy's publisher before the first Action (see camera lockstep_settle_s).
-                          '--set', 'camera.lockstep_settle_s=5.0', log_path=str(log))
-    try:
-        complete = collector.wait_for(lambda m: any(a.frame_sequence == FRAMES - 1 for a in m), timeout=300)
-        code = stop_group(proc)
-    finally:
-        if proc.poll() is None:
-            stop_group(proc)
-        collector.close()
-        rclpy.try_shutdown(context=context)
-    text = log.read_text()
+    actions, complete, code, text = run_until_frame_decided(
+        ['--mode', 'processes', '--lockstep', '--source', video_path,
+         '--backend', 'clip_onnx', '--model_path', str(onnx_dir),
+         '--set', f'camera.max_frames={FRAMES}',
+         '--set', 'camera.lockstep_action_subscribers=2',
+         # The tiny model loads in a blink: give DDS time to match this test's subscriber
+         # to the policy's publisher before the first Action (see camera lockstep_settle_s).
+         '--set', 'camera.lockstep_settle_s=5.0'], FRAMES - 1, tmp_path / 'pipeline.log', timeout=300)
     assert complete, f'not every frame was decided; log tail:\n{text[-3000:]}'
     assert code == 0, text[-3000:]
     assert f'backend clip_onnx ({model_id}, dim {tiny_models.DIM})' in text   # the embedder loaded the export
     assert 'prompts were embedded with' not in text                            # policy agreed on the model
 
-    actions, _ = collector.decisions_at_shutdown_split()
     sequences = [a.frame_sequence for a in actions]
     assert sequences == sorted(sequences) and set(sequences) == set(range(FRAMES))
     assert len(sequences) == FRAMES                      # lock-step: one Action per frame, none twice

@@ -9,10 +9,9 @@ import re
 from pathlib import Path
 
 import pytest
-import rclpy
 import yaml
 
-from ros_helpers import ActionCollector, stamp_s, start_pipeline, stop_group
+from ros_helpers import run_until_frame_decided, stamp_s
 
 pytestmark = pytest.mark.integration
 
@@ -29,23 +28,11 @@ EDGE_TOLERANCE_S = 1.0
 @pytest.fixture(scope='module')
 def lockstep_run(tmp_path_factory, video_path):
     log = tmp_path_factory.mktemp('pipeline') / 'pipeline.log'
-    context = rclpy.Context()
-    rclpy.init(context=context)
-    collector = ActionCollector(context=context)
     # 2 subscribers to `action`: the camera (lock-step) and this test, so the first frame is heard too.
-    proc = start_pipeline('--mode', 'processes', '--lockstep', '--source', video_path,
-                          '--set', 'camera.lockstep_action_subscribers=2', log_path=str(log))
-    try:
-        complete = collector.wait_for(lambda m: any(a.frame_sequence == FRAMES - 1 for a in m), timeout=1500)
-        code = stop_group(proc)
-    finally:
-        if proc.poll() is None:
-            stop_group(proc)
-        collector.close()
-        rclpy.try_shutdown(context=context)
-    text = log.read_text()
+    decided, complete, code, text = run_until_frame_decided(
+        ['--mode', 'processes', '--lockstep', '--source', video_path, '--set', 'camera.lockstep_action_subscribers=2'],
+        FRAMES - 1, log, timeout=1500)
     assert complete, f'not every frame was decided; pipeline log tail:\n{text[-3000:]}'
-    decided, _ = collector.decisions_at_shutdown_split()
     return decided, code, text
 
 

@@ -24,8 +24,8 @@ import threading
 
 import numpy as np
 
-from .base import BackendUnavailable, FrameEmbedding, RegionVector, check_bgr_frame
-from .joint import JointEmbeddingBackend, directory_format, hf_spec, require
+from .base import BackendUnavailable, FrameEmbedding, check_bgr_frame
+from .joint import JointEmbeddingBackend, directory_format, hf_spec, per_frame_embeddings, require
 
 PRECISIONS = ('fp32', 'fp16', 'bf16')
 # Distinct batch sizes that get a CUDA graph: each holds its activations in a private memory pool, so the
@@ -166,14 +166,7 @@ class ClipTorchBackend(JointEmbeddingBackend):
         # All crops of all frames in one batch: one forward (or one graph replay) per call.
         pixels = self._gpu_preprocess.preprocess(crops, self.spec, cache=self._pre_cache)
         vectors = self._checked(self._forward(pixels), len(crops), 'image')
-        per_frame = 1 + len(regions)
-        results = []
-        for f in range(len(frames)):
-            block = vectors[f * per_frame:(f + 1) * per_frame]
-            results.append(FrameEmbedding(
-                vector=block[0],
-                regions={region.name: RegionVector(block[i + 1]) for i, region in enumerate(regions)}))
-        return results
+        return per_frame_embeddings(vectors, len(frames), regions)
 
     def _encode_images(self, pixel_values: np.ndarray) -> np.ndarray:
         # The cv2 path's encoder (called by JointEmbeddingBackend.embed_images, under the image lock).

@@ -280,13 +280,19 @@ class JointEmbeddingBackend(EmbeddingBackend):
         if not crops:
             return []
         vectors = self._checked(self._encode_images(preprocess(crops, self.spec)), len(crops), 'image')
-        results = []
-        for f in range(len(frames)):
-            block = vectors[f * per_frame:(f + 1) * per_frame]
-            results.append(FrameEmbedding(
-                vector=block[0],
-                regions={region.name: RegionVector(block[i + 1]) for i, region in enumerate(regions)}))
-        return results
+        return per_frame_embeddings(vectors, len(frames), regions)
+
+
+def per_frame_embeddings(vectors: np.ndarray, frames: int, regions: Sequence) -> list[FrameEmbedding]:
+    """Split one batch laid out frame by frame (full frame, then each region) into FrameEmbeddings."""
+    per_frame = 1 + len(regions)
+    results = []
+    for f in range(frames):
+        block = vectors[f * per_frame:(f + 1) * per_frame]
+        results.append(FrameEmbedding(
+            vector=block[0],
+            regions={region.name: RegionVector(block[i + 1]) for i, region in enumerate(regions)}))
+    return results
 
 
 def require(module: str, backend: str, hint: str):
