@@ -55,6 +55,7 @@ class PolicyNode(ManagedNode):
         self._last_frame_id = ''
         self._last_sequence = 0
         self._last_decision: Action | None = None   # the newest per-frame decision (no failsafe, no copy)
+        self._last_sent = (0.0, 0.0)   # (header stamp, node-clock time) of the newest per-frame Action
         self._rates = RateMeter()
         self.diagnostics = DiagnosticsPublisher(self, self._diagnostics)
         if self.p['autostart']:
@@ -85,8 +86,10 @@ class PolicyNode(ManagedNode):
             self.watchdog = None
         # Going silent on purpose still tells the controller: one failsafe, then nothing.
         if self._last_action and self.context.ok():   # at process exit the context is already down
+            # Stamped on the frames' clock (media time in a replay): the newest stamp plus the time since.
+            stamp_s, sent_at = self._last_sent
             self._publish_failsafe('policy deactivated: no further decisions until it is activated again',
-                                   self._last_sequence, math.nan)
+                                   self._last_sequence, math.nan, stamp_s + self._now_s() - sent_at)
 
     def cleanup(self) -> None:
         self._last_decision = None
@@ -151,6 +154,7 @@ class PolicyNode(ManagedNode):
         self._last_action = msg.action
         self._last_frame_id = msg.header.frame_id
         self._last_sequence = msg.frame_sequence
+        self._last_sent = (to_seconds(msg.header.stamp), self._now_s())
         if self.watchdog is not None:
             event = self.watchdog.fresh(to_seconds(msg.header.stamp), msg.frame_sequence, self._now_s())
             if event is not None:
