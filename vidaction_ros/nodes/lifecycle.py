@@ -142,10 +142,11 @@ class ManagedNode(LifecycleNode):
 
 
 def bring_up(nodes) -> list[str]:
-    """Configure and activate in-process nodes in BRINGUP_ORDER; the names of those that failed."""
+    """Configure and activate in-process nodes in BRINGUP_ORDER; the names of those that failed. Nodes that
+    are already active (autostart, e.g. the optional escalation node) are left as they are."""
     rank = {name: i for i, name in enumerate(BRINGUP_ORDER)}
     failed = []
     for node in sorted(nodes, key=lambda n: rank.get(n.get_name(), len(rank))):
-        if isinstance(node, ManagedNode) and not node.bring_up():
+        if isinstance(node, ManagedNode) and not node.active and not node.bring_up():
             failed.append(node.get_name())
     return failed
