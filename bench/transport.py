@@ -2,7 +2,8 @@
 """Frame transport per-hop latency: sensor_msgs/Image through rclpy vs the shared-memory ring vs composed.
 
     python bench/transport.py [--frames 600] [--rate 30] [--sizes 640x480,1920x1080]
-                              [--modes image,shm,shm_view,inproc] [--qos reliable|best_effort] [--json PATH]
+                              [--modes image,shm,shm_view,shm_loan_bell,shm_loan_bell_view,inproc,inproc_bell]
+                              [--qos reliable|best_effort|lockstep] [--dispatch thread|executor] [--json PATH]
 
 A hop is timed from the moment the producer hands a filled bgr8 frame to the transport until the consumer's
 callback holds a readable frame (CLOCK_MONOTONIC, which all processes share; the send time travels in the
@@ -16,6 +17,25 @@ that survive) or lockstep (qos.FRAME_LOCKSTEP, reliable depth 10: a slow consume
           transport.resolve() in another process copies them out;
   shm_view the same, but the consumer reads the slot in place (transport.borrow, validated after use);
   inproc  composed: producer and consumer nodes in one process, FrameRef over DDS, frame by reference.
+  shm_loan_bell       the producer fills a loaned ring slot in place (FrameSender.loan; the fill is not part
+                      of the hop: the hop starts at send_loaned, when the filled frame is handed over), the
+                      consumer (transport.FrameSubscription) is told by the ring's Unix-socket doorbell, not
+                      by DDS (the FrameRef still goes over DDS; that duplicate is dropped), and copies out;
+  shm_loan_bell_view  the same, read in place (borrow, validated after use: "holds a readable frame" is a
+                      validated borrowed view);
+  inproc_bell         composed, with a FrameSubscription: the FrameRef handed over in-process to the
+                      subscription's thread (or executor, --dispatch executor), DDS duplicate dropped;
+  inproc_inline       the same with dispatch='inline': the callback runs on the producer's thread (send
+                      returns after it), no thread hand-off.
+  --dispatch says where FrameSubscription runs the callback in the other doorbell modes (its own thread, or
+  the executor).
+The doorbell modes also report where the time goes (JSON "breakdown", printed below the table), in hop order:
+producer (send_loaned / send until the datagram leaves, or until the in-process hand-off is queued: commit,
+serialize the FrameRef, sendto), doorbell (datagram sent until the consumer's thread has it: kernel + wake-up),
+queue (from there until the dispatcher takes it: duplicate check, queueing, thread wake-up for in-process),
+deserialize (the FrameRef's private copy, until the callback is called), read (resolve's copy-out or
+borrow's validation, in the callback; all shm/inproc modes). fill is the producer's memcpy into the loaned
+slot, outside the hop (the camera's cv2.resize into the slot replaces it).
 Prints a table with ratios against the image baseline of the same size; --json writes
 {"results": [{"mode", "width", "height", "p50_ms", "p99_ms", "max_ms", "delivered", "dropped", ...}], ...}.
 CPU % is producer + consumer process CPU time over the measured window, as a percentage of one core.
@@ -51,11 +71,16 @@ from vidaction_ros import qos  # noqa: E402
 from vidaction_ros.conversions import bgr_to_image, image_to_bgr  # noqa: E402
 from vidaction_ros.frame_store import FrameLost  # noqa: E402
 from vidaction_ros.msg import FrameRef  # noqa: E402
-from vidaction_ros.transport import FrameSender, borrow, resolve  # noqa: E402
+from vidaction_ros.transport import FrameSender, FrameSubscription, borrow, resolve  # noqa: E402
 
 VIDEO = '/usr/share/doc/opencv-doc/examples/data/vtest.avi'
 LABELS = {'image': 'sensor_msgs/Image (rclpy)', 'shm': 'shm ring, resolve (copy out)',
-          'shm_view': 'shm ring, borrow (view)', 'inproc': 'composed (by reference)'}
+          'shm_view': 'shm ring, borrow (view)',
+          'shm_loan_bell': 'shm loan+doorbell, resolve', 'shm_loan_bell_view': 'shm loan+doorbell, borrow',
+          'inproc': 'composed (by reference)', 'inproc_bell': 'composed, direct hand-off',
+          'inproc_inline': 'composed, inline call'}
+BELL_MODES = ('shm_loan_bell', 'shm_loan_bell_view', 'inproc_bell', 'inproc_inline')
+COMPOSED = ('inproc', 'inproc_bell', 'inproc_inline')
 WARM = 'warm'          # header.frame_id of warm-up frames; measured frames carry their index
 # The camera's frame profile (qos.FRAME: keep last 1, newest wins) made reliable, so that large Image
 # samples are not lost to fragment drops; 'best_effort' is qos.FRAME as is, 'lockstep' qos.FRAME_LOCKSTEP.
@@ -83,9 +108,11 @@ class Recorder:
         self.warm = 0
         self.window = None         # (cpu, wall) at the first measured frame
         self.last = None           # (cpu, wall) at the latest measured frame
+        self.read_ms: list[float] = []   # resolve / borrow time of measured frames
+        self.subscription = None   # FrameSubscription of the doorbell modes
         self.lock = threading.Lock()
 
-    def record(self, msg, frame, t1_ns: int) -> None:
+    def record(self, msg, frame, t1_ns: int, t0_ns: int = 0) -> None:
         sent_ns = msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
         with self.lock:
             if frame is None:
@@ -97,48 +124,97 @@ class Recorder:
                 self.window = self.window or now
                 self.last = now
                 self.latency_ms[int(msg.header.frame_id)] = (t1_ns - sent_ns) / 1e6
+                if t0_ns:
+                    self.read_ms.append((t1_ns - t0_ns) / 1e6)
 
     def summary(self) -> dict:
         cpu = wall = 0.0
         if self.window and self.last:
             cpu, wall = self.last[0] - self.window[0], self.last[1] - self.window[1]
-        return {'latency_ms': self.latency_ms, 'lost': self.lost, 'cpu_s': cpu, 'wall_s': wall}
+        out = {'latency_ms': self.latency_ms, 'lost': self.lost, 'cpu_s': cpu, 'wall_s': wall,
+               'breakdown': {}}
+        if self.read_ms:
+            out['breakdown']['read'] = pct(self.read_ms)
+        sub = self.subscription
+        if sub is not None:
+            measured = len(self.latency_ms)
+            trace = [t for t in list(sub.trace or [])[-measured:] if t[0] != 'dds'] if measured else []
+            # (path, stamp, sent, received, taken, dispatched): see FrameSubscription.trace
+            parts = out['breakdown']
+            bell = [t for t in trace if t[0] == 'bell']
+            if bell:
+                parts['producer'] = pct([(tx - t0) / 1e6 for _, t0, tx, _, _, _ in bell])
+                parts['doorbell'] = pct([(rx - tx) / 1e6 for _, _, tx, rx, _, _ in bell])
+            local = [t for t in trace if t[0] == 'local']
+            if local:
+                parts['producer'] = pct([(rx - t0) / 1e6 for _, t0, _, rx, _, _ in local])
+            if trace:
+                parts['queue'] = pct([(tk - rx) / 1e6 for _, _, _, rx, tk, _ in trace])
+                parts['deserialize'] = pct([(go - tk) / 1e6 for _, _, _, _, tk, go in trace])
+            parts['paths'] = sub.stats()
+        return out
 
 
-def subscribe(node: Node, mode: str, recorder: Recorder, profile) -> None:
-    if mode == 'image':
+def pct(values_ms) -> dict:
+    """p50 / p99 / max of a list of milliseconds."""
+    a = np.asarray(values_ms, dtype=np.float64)
+    if not a.size:
+        return {}
+    return {'p50_ms': float(np.percentile(a, 50)), 'p99_ms': float(np.percentile(a, 99)),
+            'max_ms': float(a.max()), 'n': int(a.size)}
+
+
+def subscribe(node: Node, mode: str, recorder: Recorder, profile, dispatch: str = 'thread') -> None:
+    if mode in BELL_MODES:
+        view = mode == 'shm_loan_bell_view'
+
+        def on_frame(msg):
+            t0 = time.monotonic_ns()
+            try:
+                if view:
+                    with borrow(msg) as frame:        # a validated view: no copy at all
+                        int(frame[-1, -1, -1])
+                else:
+                    frame = resolve(msg)              # shm: one memcpy out; inproc: the very array
+            except FrameLost:
+                frame = None
+            recorder.record(msg, frame, time.monotonic_ns(), t0)
+        recorder.subscription = FrameSubscription(node, 'bench/frame', on_frame, profile, trace=True,
+                                                  dispatch='inline' if mode == 'inproc_inline' else dispatch)
+    elif mode == 'image':
         def on_image(msg):
             frame = image_to_bgr(msg)                 # a readable bgr8 array over the received bytes
             recorder.record(msg, frame, time.monotonic_ns())
         node.create_subscription(Image, 'bench/image', on_image, profile)
     elif mode == 'shm_view':
         def on_borrowed(msg):
-            t1 = time.monotonic_ns()
+            t0 = t1 = time.monotonic_ns()
             try:
                 with borrow(msg) as frame:            # a validated view: no copy at all
                     t1 = time.monotonic_ns()
                     int(frame[-1, -1, -1])            # readable
             except FrameLost:
                 frame = None                          # overwritten while held: counted as lost
-            recorder.record(msg, frame, t1)
+            recorder.record(msg, frame, t1, t0)
         node.create_subscription(FrameRef, 'bench/frame', on_borrowed, profile)
     else:
         def on_ref(msg):
+            t0 = time.monotonic_ns()
             try:
                 frame = resolve(msg)                  # shm: one memcpy out; inproc: the very array
             except FrameLost:
                 frame = None
-            recorder.record(msg, frame, time.monotonic_ns())
+            recorder.record(msg, frame, time.monotonic_ns(), t0)
         node.create_subscription(FrameRef, 'bench/frame', on_ref, profile)
 
 
 # -- consumer process -------------------------------------------------------------------------------------
-def consume(mode: str, qos_name: str) -> int:
+def consume(mode: str, qos_name: str, dispatch: str) -> int:
     """Child process: subscribe, say 'ready', 'warm' after warm-up frames, print JSON after 'done'."""
     rclpy.init()
     node = Node('bench_transport_consumer')
     recorder = Recorder()
-    subscribe(node, mode, recorder, QOS[qos_name])
+    subscribe(node, mode, recorder, QOS[qos_name], dispatch)
     done = threading.Event()
     threading.Thread(target=lambda: (sys.stdin.readline(), done.set()), daemon=True).start()
     executor = SingleThreadedExecutor()
@@ -153,15 +229,17 @@ def consume(mode: str, qos_name: str) -> int:
     time.sleep(1.0)                                   # stragglers still in flight get a second
     executor.shutdown()
     print(json.dumps(recorder.summary()), flush=True)
+    if recorder.subscription is not None:
+        recorder.subscription.destroy()
     node.destroy_node()
     rclpy.shutdown()
     return 0
 
 
 class Child:
-    def __init__(self, mode: str, qos_name: str):
+    def __init__(self, mode: str, qos_name: str, dispatch: str):
         self.proc = subprocess.Popen([sys.executable, os.path.abspath(__file__), '--consume', mode,
-                                      '--qos', qos_name],
+                                      '--qos', qos_name, '--dispatch', dispatch],
                                      cwd=tempfile.gettempdir(), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                      text=True, env=dict(os.environ))
         self.lines = queue.Queue()
@@ -191,43 +269,60 @@ def load_frames(width: int, height: int, count: int = 30) -> list[np.ndarray]:
     return frames
 
 
-def make_send(node: Node, mode: str, width: int, height: int, qos_name: str):
-    """A function (frame, t_ns, frame_id) that hands one frame to the transport, and a subscriber count."""
+def make_send(node: Node, mode: str, width: int, height: int, qos_name: str, fill_ms: list):
+    """A function (frame, frame_id) that hands one frame to the transport (stamped with the hand-off time),
+    a subscriber count, and a close."""
     if mode == 'image':
         pub = node.create_publisher(Image, 'bench/image', QOS[qos_name])
 
-        def send(frame, t_ns, frame_id):
+        def send(frame, frame_id):
+            t_ns = time.monotonic_ns()
             msg = bgr_to_image(frame)                 # the serialisation is part of the hop's cost
             stamp(msg, t_ns, frame_id)
             pub.publish(msg)
         return send, pub.get_subscription_count, lambda: None
-    sender = FrameSender(node, 'shm' if mode == 'shm_view' else mode, topic='bench/frame',
-                         max_frame=(width, height), qos_profile=QOS[qos_name])
+    transport = {'shm_view': 'shm', 'shm_loan_bell': 'shm', 'shm_loan_bell_view': 'shm',
+                 'inproc_bell': 'inproc', 'inproc_inline': 'inproc'}.get(mode, mode)
+    # The DDS-only modes stay DDS-only (doorbell off), so the old rows keep measuring the old path.
+    sender = FrameSender(node, transport, topic='bench/frame', max_frame=(width, height),
+                         qos_profile=QOS[qos_name], doorbell=mode in BELL_MODES)
+    loaned = mode in ('shm_loan_bell', 'shm_loan_bell_view')
 
-    def send(frame, t_ns, frame_id):
+    def send(frame, frame_id):
         msg = FrameRef()
-        stamp(msg, t_ns, frame_id)
-        sender.send(msg, frame)
+        if loaned:
+            t_fill = time.monotonic_ns()
+            view = sender.loan(height, width)         # the slot itself: the producer renders into it
+            np.copyto(view, frame)                    # (the camera: cv2.resize(src, (w, h), dst=view))
+            t_ns = time.monotonic_ns()                # hand-off of the filled frame: the hop starts
+            fill_ms.append((t_ns - t_fill) / 1e6)
+            stamp(msg, t_ns, frame_id)
+            sender.send_loaned(msg, view)
+        else:
+            stamp(msg, time.monotonic_ns(), frame_id)
+            sender.send(msg, frame)
     return send, sender.publisher.get_subscription_count, sender.close
 
 
-def run_one(mode: str, frames: list[np.ndarray], count: int, rate: float, qos_name: str) -> dict:
+def run_one(mode: str, frames: list[np.ndarray], count: int, rate: float, qos_name: str,
+            dispatch: str = 'thread') -> dict:
     height, width = frames[0].shape[:2]
     context = rclpy.Context()
     rclpy.init(context=context)
     node = Node('bench_transport_producer', context=context)
     child = executor = None
     recorder = Recorder()
-    send, subscribers, close = make_send(node, mode, width, height, qos_name)
+    fill_ms: list[float] = []
+    send, subscribers, close = make_send(node, mode, width, height, qos_name, fill_ms)
     try:
-        if mode == 'inproc':
+        if mode in COMPOSED:
             consumer = Node('bench_transport_consumer', context=context)
-            subscribe(consumer, mode, recorder, QOS[qos_name])
+            subscribe(consumer, mode, recorder, QOS[qos_name], dispatch)
             executor = SingleThreadedExecutor(context=context)
             executor.add_node(consumer)
             threading.Thread(target=executor.spin, daemon=True).start()
         else:
-            child = Child(mode, qos_name)
+            child = Child(mode, qos_name, dispatch)
             if child.line(120) != 'ready':
                 raise RuntimeError(f'{mode} consumer process did not start')
         deadline = time.monotonic() + 60
@@ -240,7 +335,7 @@ def run_one(mode: str, frames: list[np.ndarray], count: int, rate: float, qos_na
         deadline = time.monotonic() + 60
         i = 0
         while True:
-            send(frames[i % len(frames)], time.monotonic_ns(), WARM)
+            send(frames[i % len(frames)], WARM)
             i += 1
             time.sleep(1.0 / rate)
             if (recorder.warm >= 20) if child is None else (child.line(0) == 'warm'):
@@ -248,12 +343,13 @@ def run_one(mode: str, frames: list[np.ndarray], count: int, rate: float, qos_na
             if time.monotonic() > deadline:
                 raise RuntimeError(f'{mode}: no warm-up frame reached the consumer in 60 s')
         cpu0, start = cpu_s(), time.monotonic()
+        fill_ms.clear()
         for k in range(count):
             target = start + k / rate
             delay = target - time.monotonic()
             if delay > 0:
                 time.sleep(delay)
-            send(frames[k % len(frames)], time.monotonic_ns(), str(k))
+            send(frames[k % len(frames)], str(k))
         producer_cpu, producer_wall = cpu_s() - cpu0, time.monotonic() - start
         if child is not None:
             child.proc.stdin.write('done\n')
@@ -274,6 +370,8 @@ def run_one(mode: str, frames: list[np.ndarray], count: int, rate: float, qos_na
     finally:
         if executor is not None:
             executor.shutdown()
+        if recorder.subscription is not None:
+            recorder.subscription.destroy()
         if child is not None and child.proc.poll() is None:
             child.proc.kill()
         close()
@@ -281,7 +379,12 @@ def run_one(mode: str, frames: list[np.ndarray], count: int, rate: float, qos_na
         rclpy.try_shutdown(context=context)
     lat = np.array([summary['latency_ms'][k] for k in sorted(summary['latency_ms'])], dtype=np.float64)
     delivered = int(lat.size)
+    breakdown = summary.get('breakdown', {})
+    if fill_ms:
+        breakdown['fill'] = pct(fill_ms)
     return {'mode': mode, 'label': LABELS[mode], 'width': width, 'height': height, 'rate_hz': rate, 'qos': qos_name,
+            'dispatch': ('inline' if mode == 'inproc_inline' else dispatch) if mode in BELL_MODES else 'executor',
+            'breakdown': breakdown,
             'sent': count, 'delivered': delivered, 'dropped': count - delivered, 'lost_frames': summary['lost'],
             'p50_ms': float(np.percentile(lat, 50)) if delivered else float('nan'),
             'p99_ms': float(np.percentile(lat, 99)) if delivered else float('nan'),
@@ -304,6 +407,17 @@ def table(results: list[dict]) -> str:
         lines.append(f"{r['width']}x{r['height']:<6}{r['label']:<29}{r['p50_ms']:>9.3f}{r['p99_ms']:>9.3f}"
                      f"{r['max_ms']:>9.3f}{x50:>8}{x99:>8}{r['delivered']:>7}{r['dropped']:>6}"
                      f"{r['cpu_percent']:>7.0f}")
+    parts = [r for r in results if r.get('breakdown')]
+    if parts:
+        lines += ['', "where the time goes (p50/p99 ms; fill is the producer's memcpy into the loan, outside the hop):"]
+        for r in parts:
+            pieces = [f"{name} {v['p50_ms']:.3f}/{v['p99_ms']:.3f}" for name, v in r['breakdown'].items()
+                      if isinstance(v, dict) and 'p50_ms' in v]
+            paths = r['breakdown'].get('paths')
+            if paths:
+                pieces.append('paths ' + ' '.join(f'{k}={paths[k]}' for k in ('bell', 'local', 'dds', 'duplicates',
+                                                                               'stale', 'overflow') if paths.get(k)))
+            lines.append(f"  {r['width']}x{r['height']:<6}{r['label']:<29}" + '  '.join(pieces))
     return '\n'.join(lines)
 
 
@@ -312,14 +426,15 @@ def main(argv=None) -> int:
     parser.add_argument('--frames', type=int, default=600, help='measured frames per mode and size')
     parser.add_argument('--rate', type=float, default=30.0, help='frames per second the producer hands over')
     parser.add_argument('--sizes', default='640x480,1920x1080', help='comma-separated WxH list')
-    parser.add_argument('--modes', default='image,shm,shm_view,inproc', help='comma-separated subset of '
-                        + ','.join(LABELS))
+    parser.add_argument('--modes', default=','.join(LABELS), help='comma-separated subset of ' + ','.join(LABELS))
     parser.add_argument('--qos', default='reliable', choices=sorted(QOS), help='QoS of every mode')
+    parser.add_argument('--dispatch', default='thread', choices=('thread', 'executor'),
+                        help='where FrameSubscription runs the callback in the doorbell modes (but inproc_inline)')
     parser.add_argument('--json', default='', help='write the results here')
     parser.add_argument('--consume', default='', help=argparse.SUPPRESS)   # internal: the consumer process
     args = parser.parse_args(argv)
     if args.consume:
-        return consume(args.consume, args.qos)
+        return consume(args.consume, args.qos, args.dispatch)
     modes = [m for m in args.modes.split(',') if m]
     unknown = set(modes) - set(LABELS)
     if unknown:
@@ -331,15 +446,17 @@ def main(argv=None) -> int:
         for mode in modes:
             print(f'[bench] {mode} {width}x{height}: {args.frames} frames at {args.rate} Hz ...',
                   file=sys.stderr, flush=True)
-            results.append(run_one(mode, frames, args.frames, args.rate, args.qos))
+            results.append(run_one(mode, frames, args.frames, args.rate, args.qos, args.dispatch))
         del frames
     print(table(results))
     print(f"(p50 x / p99 x: image-baseline latency divided by this row's, same size, same run; "
-          f"{args.frames} frames at {args.rate:g} Hz; QoS {args.qos}; {os.cpu_count()} CPUs; "
+          f"{args.frames} frames at {args.rate:g} Hz; QoS {args.qos}; doorbell dispatch {args.dispatch}; "
+          f"{os.cpu_count()} CPUs; "
           f"{os.environ['RMW_IMPLEMENTATION']})")
     if args.json:
         with open(args.json, 'w') as f:
             json.dump({'results': results, 'frames': args.frames, 'rate_hz': args.rate, 'qos': args.qos,
+                       'dispatch': args.dispatch,
                        'cpus': os.cpu_count(), 'machine': platform.machine(), 'python': platform.python_version(),
                        'rmw': os.environ['RMW_IMPLEMENTATION'],
                        'command': 'python bench/transport.py ' + ' '.join(argv if argv is not None

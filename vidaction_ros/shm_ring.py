@@ -11,6 +11,8 @@ Segment layout (file /dev/shm/<name>, i.e. what shm_open("/<name>") opens; all i
                               9 writer pid-namespace inode             10 state (1 open, 2 closed)
                              11 newest committed generation            12 creation time (ns since epoch)
                             bytes 128..144 boot id (/proc/sys/kernel/random/boot_id), 144..160 random creation id
+                            bytes 512..520 length of the doorbell socket path (u64, 0: none), 520.. the path
+                            (UTF-8, at most 255 bytes; see shm_doorbell). Readers of older builds ignore it.
   [4096, data offset)       slot headers, 64 bytes each: 0 seq (seqlock)  1 generation  2 height  3 width
                             4 channels  5 nbytes  6 commit time (CLOCK_MONOTONIC ns)
   [data offset, ...)        slot pixel buffers, page aligned, `stride` bytes apart
@@ -21,8 +23,15 @@ out, and loads seq again: if it changed, the copy may be torn and is discarded (
 global frame numbers (1, 2, 3 ...) of this ring incarnation, so a slot reused after `slots` frames carries a
 different generation and a late reader is told its frame is gone instead of being handed another one.
 
+Loans (like ROS 2 loaned messages): loan(shape) begins the write of the next slot (seq odd) and hands the
+producer a writable view of the slot itself, which it fills in place (e.g. cv2.resize(..., dst=view));
+commit(loan) ends the write (seq even) and makes the view read-only. abandon(loan) (or a new loan / write
+while one is outstanding) marks the slot empty (generation 0, seq even) and rolls the generation counter
+back, so the next frame reuses that slot and number: the ring stays consistent, readers of the frame the
+slot held before are told it is gone, and no reader can ever have referred to the abandoned frame.
+
 Memory-ordering assumption (documented because Python has no fences): every step above is a separate call
-from the interpreter into C (an aligned 8-byte numpy item load/store, a memcpy), which the C compiler cannot
+from the interpreter into C (an aligned 8-byte memoryview/numpy item load/store, a memcpy), which the C compiler cannot
 reorder across, and on x86-64 (TSO) the CPU keeps stores in program order and loads in program order, which
 is exactly what a seqlock needs. Weakly ordered CPUs (aarch64, e.g. Jetson) may reorder them; there the
 check is best-effort, `ORDERING_GUARANTEED` is False and the first ring opened says so (RuntimeWarning).
@@ -65,7 +74,16 @@ ORDERING_GUARANTEED = platform.machine().lower() in ('x86_64', 'amd64')
 _W_MAGIC, _W_VERSION, _W_SLOTS, _W_CAPACITY, _W_STRIDE, _W_DATA, _W_SIZE = 0, 1, 2, 3, 4, 5, 6
 _W_PID, _W_START, _W_PIDNS, _W_STATE, _W_NEWEST, _W_CREATED = 7, 8, 9, 10, 11, 12
 _BOOT_ID_AT, _CREATE_ID_AT = 128, 144
+_BELL_LEN_AT, _BELL_PATH_AT, _BELL_PATH_MAX = 512, 520, 255
 _S_SEQ, _S_GEN, _S_H, _S_W, _S_C, _S_NBYTES, _S_TIME = 0, 1, 2, 3, 4, 5, 6
+_SLOT_WORD0 = HEADER_BYTES // 8            # u64 index of slot 0's header in the segment
+_SLOT_WORDS = SLOT_HEADER_BYTES // 8
+
+
+def _words(mm: mmap.mmap) -> memoryview:
+    """The segment as u64 words: item access is one aligned 8-byte load/store from C, without numpy scalars
+    (the hot path of every frame reads and writes a handful of header words)."""
+    return memoryview(mm).cast('B').cast('Q')
 
 _NAME_RE = re.compile(r'^[A-Za-z0-9_][A-Za-z0-9_.-]{0,199}$')
 
@@ -101,7 +119,7 @@ def _round_up(n: int, to: int) -> int:
 def segment_path(name: str) -> str:
     """/dev/shm path of a ring name ('cam_1' or the shm_open spelling '/cam_1')."""
     bare = name[1:] if name.startswith('/') else name
-    if not _NAME_RE.match(bare):
+    if not _NAME_RE.fullmatch(bare):
         raise ValueError(f'invalid shared-memory ring name {name!r}: use 1-200 of [A-Za-z0-9_.-], '
                          f'not starting with "." or "-"')
     return os.path.join(SHM_DIR, bare)
@@ -234,11 +252,31 @@ def reclaim_stale(prefix: str) -> list[tuple[str, Owner | None]]:
 def _frame_layout(frame: np.ndarray) -> tuple[int, int, int]:
     if frame.dtype != np.uint8:
         raise ValueError(f'frame ring holds uint8 pixels, got dtype {frame.dtype}')
-    if frame.ndim == 2:
-        return frame.shape[0], frame.shape[1], 1
-    if frame.ndim == 3 and frame.shape[2] in (1, 3, 4):
-        return frame.shape[0], frame.shape[1], frame.shape[2]
-    raise ValueError(f'frame ring holds HxW or HxWxC (C in 1, 3, 4) images, got shape {frame.shape}')
+    return _shape_layout(frame.shape)
+
+
+def _shape_layout(shape: tuple[int, ...]) -> tuple[int, int, int]:
+    shape = tuple(int(v) for v in shape)
+    if any(v < 0 for v in shape):
+        raise ValueError(f'frame ring holds HxW or HxWxC (C in 1, 3, 4) images, got shape {shape}')
+    if len(shape) == 2:
+        return shape[0], shape[1], 1
+    if len(shape) == 3 and shape[2] in (1, 3, 4):
+        return shape[0], shape[1], shape[2]
+    raise ValueError(f'frame ring holds HxW or HxWxC (C in 1, 3, 4) images, got shape {shape}')
+
+
+class Loan:
+    """A slot lent to the producer: `array` is a writable view of the slot itself (C-contiguous uint8).
+    Hand it back with ShmRingWriter.commit (publish) or abandon (discard)."""
+    __slots__ = ('slot', 'generation', 'array', 'active')
+
+    def __init__(self, slot: int, generation: int, array: np.ndarray):
+        self.slot, self.generation, self.array, self.active = slot, generation, array, True
+
+    def __repr__(self) -> str:
+        state = 'active' if self.active else 'returned'
+        return f'Loan(slot={self.slot}, generation={self.generation}, shape={self.array.shape}, {state})'
 
 
 def _close_mapping(mm: mmap.mmap | None) -> None:
@@ -285,7 +323,9 @@ class ShmRingWriter:
         self.size = self.data_offset + slots * self.stride
         self.reclaimed: Owner | None = None    # the dead writer whose segment we replaced, if any
         self.generation = 0
+        self.abandoned = 0                      # loans handed back without a commit
         self._next = 0
+        self._loan: Loan | None = None          # the outstanding loan (one at a time)
         fd, inode = self._create()
         try:
             # tmpfs is sparse: pages of the slots cost memory only once a frame touches them.
@@ -297,6 +337,7 @@ class ShmRingWriter:
                                        offset=HEADER_BYTES).reshape(slots, SLOT_HEADER_BYTES // 8)
         self._data = np.frombuffer(self._mm, dtype=np.uint8, count=slots * self.stride,
                                    offset=self.data_offset).reshape(slots, self.stride)
+        self._words = _words(self._mm)
         self._finalizer = weakref.finalize(self, _finalize_writer, self.path, inode, os.getpid(), self._mm)
 
     # Creation: build under a private temporary name, then hard-link to the public name (atomic, fails if
@@ -354,7 +395,11 @@ class ShmRingWriter:
     # -- writing ----------------------------------------------------------------------------------------
     def _begin(self, frame: np.ndarray) -> tuple[int, int, np.ndarray]:
         """Open the next slot for writing (seq odd) and return (slot, generation, destination view)."""
-        h, w, c = _frame_layout(frame)
+        _frame_layout(frame)
+        return self._begin_shape(frame.shape)
+
+    def _begin_shape(self, shape: tuple[int, ...]) -> tuple[int, int, np.ndarray]:
+        h, w, c = _shape_layout(shape)
         nbytes = h * w * c
         if nbytes > self.slot_bytes:
             raise ValueError(f'frame {w}x{h}x{c} is {nbytes} bytes, larger than the {self.slot_bytes}-byte slots '
@@ -362,31 +407,109 @@ class ShmRingWriter:
                              f'(e.g. the camera max_width x max_height x 3)')
         if self.closed:
             raise ValueError(f'shared-memory ring {self.name!r} is closed')
+        if self._loan is not None:
+            self.abandon(self._loan)          # one writer, one slot in flight: a forgotten loan is dropped
         slot = self._next
         self._next = (slot + 1) % self.slots
         self.generation += 1
-        head = self._slot_hdr[slot]
-        head[_S_SEQ] = int(head[_S_SEQ]) + 1          # odd: readers of this slot back off
-        head[_S_GEN] = self.generation
-        head[_S_H], head[_S_W], head[_S_C], head[_S_NBYTES] = h, w, c, nbytes
-        return slot, self.generation, self._data[slot, :nbytes].reshape(frame.shape)
+        words, at = self._words, _SLOT_WORD0 + slot * _SLOT_WORDS
+        words[at + _S_SEQ] += 1                       # odd: readers of this slot back off
+        words[at + _S_GEN] = self.generation
+        words[at + _S_H], words[at + _S_W], words[at + _S_C], words[at + _S_NBYTES] = h, w, c, nbytes
+        shape = (h, w) if len(tuple(shape)) == 2 else (h, w, c)
+        return slot, self.generation, self._data[slot, :nbytes].reshape(shape)
 
     def _commit(self, slot: int) -> None:
-        head = self._slot_hdr[slot]
-        head[_S_TIME] = time.monotonic_ns()
-        head[_S_SEQ] = int(head[_S_SEQ]) + 1          # even: stable again
-        self._hdr[_W_NEWEST] = int(head[_S_GEN])
+        words, at = self._words, _SLOT_WORD0 + slot * _SLOT_WORDS
+        words[at + _S_TIME] = time.monotonic_ns()
+        words[at + _S_SEQ] += 1                       # even: stable again
+        words[_W_NEWEST] = words[at + _S_GEN]
 
     def write(self, frame: np.ndarray) -> tuple[int, int]:
         """Copy one frame into the oldest slot (one memcpy); returns (slot, generation) for the FrameRef."""
         slot, generation, dst = self._begin(frame)
-        np.copyto(dst, frame)
+        try:
+            np.copyto(dst, frame)
+        except BaseException:
+            self._abandon_slot(slot)
+            raise
         self._commit(slot)
         return slot, generation
 
+    # -- loans: the producer fills the slot in place ----------------------------------------------------
+    def loan(self, shape: tuple[int, ...]) -> Loan:
+        """Begin writing the oldest slot and lend it: Loan.array is a writable HxW or HxWxC uint8 view of the
+        slot itself. Fill it completely (cv2.resize(src, (w, h), dst=loan.array) writes in place), then
+        commit(loan); or abandon(loan). Until then readers of that slot get FrameLost (seqlock odd). A new
+        loan or write while this one is outstanding abandons it."""
+        slot, generation, array = self._begin_shape(shape)
+        self._loan = Loan(slot, generation, array)
+        return self._loan
+
+    def _check_loan(self, loan: Loan, what: str) -> None:
+        if not isinstance(loan, Loan) or loan is not self._loan or not loan.active:
+            raise ValueError(f'shared-memory ring {self.name!r}: cannot {what} {loan!r}: it is not the outstanding '
+                             f'loan of this ring (already committed or abandoned, or replaced by a later loan)')
+
+    def commit(self, loan: Loan) -> tuple[int, int]:
+        """Publish a filled loan: the slot becomes readable, the view read-only. Returns (slot, generation)."""
+        self._check_loan(loan, 'commit')
+        if self._hdr is None:
+            raise ValueError(f'shared-memory ring {self.name!r} is closed')
+        self._commit(loan.slot)
+        self._return(loan)
+        return loan.slot, loan.generation
+
+    def abandon(self, loan: Loan) -> None:
+        """Discard a loan (e.g. the producer raised mid-fill): the slot is marked empty (readers of what it held
+        before are told it is gone), the generation is rolled back, and the next frame reuses the slot.
+        Abandoning a loan that is no longer outstanding does nothing."""
+        if loan is not self._loan or not loan.active:
+            return
+        if self._slot_hdr is not None:
+            self._abandon_slot(loan.slot)
+        self._return(loan)
+
+    def _abandon_slot(self, slot: int) -> None:
+        words, at = self._words, _SLOT_WORD0 + slot * _SLOT_WORDS
+        words[at + _S_GEN] = 0                        # matches no reference: 0 is never a frame's generation
+        words[at + _S_H] = words[at + _S_W] = words[at + _S_C] = words[at + _S_NBYTES] = 0
+        words[at + _S_SEQ] += 1                       # even again: consistent (empty)
+        # The slot in flight is always the one begun last: nobody was ever told of its generation, so the
+        # number and the slot are reused by the next frame.
+        self.generation -= 1
+        self._next = slot
+        self.abandoned += 1
+
+    def _return(self, loan: Loan) -> None:
+        loan.active = False
+        loan.array.flags.writeable = False            # writing after commit/abandon would tear a published frame
+        self._loan = None
+
+    @property
+    def loaned(self) -> Loan | None:
+        """The outstanding loan, if any."""
+        return self._loan
+
+    # -- doorbell advertisement (shm_doorbell) --------------------------------------------------------------
+    def set_doorbell(self, path: str) -> None:
+        """Advertise the writer's doorbell socket in the ring header ('' withdraws it). Readers find it with
+        ShmRingReader.doorbell() and register there to be told of each frame without DDS."""
+        raw = path.encode()
+        if len(raw) > _BELL_PATH_MAX:
+            raise ValueError(f'doorbell path longer than {_BELL_PATH_MAX} bytes: {path!r}')
+        self._mm[_BELL_LEN_AT:_BELL_LEN_AT + 8] = (0).to_bytes(8, 'little')
+        self._mm[_BELL_PATH_AT:_BELL_PATH_AT + len(raw)] = raw
+        self._mm[_BELL_LEN_AT:_BELL_LEN_AT + 8] = len(raw).to_bytes(8, 'little')   # length last: never partial
+
     def close(self) -> None:
         """Mark the ring closed and unlink it. Readers already attached keep their mapping."""
+        if self._loan is not None:
+            self._return(self._loan)
         self._hdr = self._slot_hdr = self._data = None
+        if self._words is not None:
+            self._words.release()                     # lets the mapping close
+            self._words = None
         self._finalizer()
 
     @property
@@ -427,6 +550,7 @@ class ShmRingReader:
                                        offset=HEADER_BYTES).reshape(self.slots, SLOT_HEADER_BYTES // 8)
         self._data = np.frombuffer(self._mm, dtype=np.uint8, count=self.slots * self.stride,
                                    offset=self._data_offset).reshape(self.slots, self.stride)
+        self._words = _words(self._mm)
 
     def _parse_header(self, raw: bytes, file_size: int) -> None:
         if len(raw) < 160 or raw[:8] != MAGIC:
@@ -451,8 +575,12 @@ class ShmRingReader:
         # Per-read liveness is a kill(pid, 0): only meaningful when the writer's PIDs are ours.
         self._check_pid = not (self.owner.pid_namespace and _PIDNS and self.owner.pid_namespace != _PIDNS)
 
+    def is_open(self) -> bool:
+        """The writer has not closed the ring (says nothing about a writer that died without closing)."""
+        return self._words is not None and self._words[_W_STATE] == STATE_OPEN
+
     def writer_alive(self) -> bool:
-        if self._hdr is None or int(self._hdr[_W_STATE]) != STATE_OPEN:
+        if self._words is None or self._words[_W_STATE] != STATE_OPEN:
             return False
         if not self._check_pid:
             return True
@@ -464,9 +592,21 @@ class ShmRingReader:
             pass
         return True
 
+    def doorbell(self) -> str:
+        """The writer's doorbell socket path advertised in the header, '' when it has none."""
+        if self._hdr is None:
+            return ''
+        length = int.from_bytes(self._mm[_BELL_LEN_AT:_BELL_LEN_AT + 8], 'little')
+        if not 0 < length <= _BELL_PATH_MAX:
+            return ''
+        try:
+            return bytes(self._mm[_BELL_PATH_AT:_BELL_PATH_AT + length]).decode()
+        except UnicodeDecodeError:
+            return ''
+
     def latest(self) -> tuple[int, int]:
         """(slot, generation) of the newest committed frame; generation 0 when none was written yet."""
-        generation = int(self._hdr[_W_NEWEST])
+        generation = self._words[_W_NEWEST]
         return (generation - 1) % self.slots if generation else 0, generation
 
     def _lost(self, message: str, cls: type[FrameLost] = FrameLost) -> FrameLost:
@@ -479,26 +619,28 @@ class ShmRingReader:
             raise self._lost('reader is closed', WriterGone)
         if not 0 <= slot < self.slots:
             raise self._lost(f'slot {slot} out of range (0..{self.slots - 1})')
+        if generation <= 0:
+            raise self._lost(f'generation {generation} names no frame (generations start at 1)')
         if not self.writer_alive():
-            closed = int(self._hdr[_W_STATE]) != STATE_OPEN
+            closed = self._words[_W_STATE] != STATE_OPEN
             raise self._lost(f'writer PID {self.owner.pid} ' + ('closed the ring' if closed else 'is dead'),
                              WriterGone)
-        head = self._slot_hdr[slot]
-        seq = int(head[_S_SEQ])
+        words, at = self._words, _SLOT_WORD0 + slot * _SLOT_WORDS
+        seq = words[at + _S_SEQ]
         if seq & 1:
             raise self._lost(f'slot {slot} is being overwritten; frame of generation {generation} is gone')
-        current = int(head[_S_GEN])
+        current = words[at + _S_GEN]
         if current != generation:
             raise self._lost(f'slot {slot} holds generation {current}, frame of generation {generation} '
                              f'was overwritten')
-        h, w, c, nbytes = int(head[_S_H]), int(head[_S_W]), int(head[_S_C]), int(head[_S_NBYTES])
+        h, w, c, nbytes = words[at + _S_H], words[at + _S_W], words[at + _S_C], words[at + _S_NBYTES]
         if nbytes != h * w * c or nbytes > self.slot_bytes:
             raise self._lost(f'slot {slot} header is inconsistent ({w}x{h}x{c}, {nbytes} bytes)')
         shape = (h, w) if c == 1 else (h, w, c)
         return seq, self._data[slot, :nbytes].reshape(shape)
 
     def _still(self, slot: int, seq: int, generation: int) -> None:
-        if int(self._slot_hdr[slot, _S_SEQ]) != seq:
+        if self._words[_SLOT_WORD0 + slot * _SLOT_WORDS + _S_SEQ] != seq:
             raise self._lost(f'slot {slot} was overwritten while frame {generation} was being read (torn copy '
                              f'discarded)')
 
@@ -526,6 +668,9 @@ class ShmRingReader:
     def close(self) -> None:
         """Unmap (never unlink: the writer owns the name)."""
         self._hdr = self._slot_hdr = self._data = None
+        if self._words is not None:
+            self._words.release()
+            self._words = None
         _close_mapping(self._mm)
 
     def __enter__(self) -> 'ShmRingReader':

@@ -1,6 +1,8 @@
 """Composed mode: the embedder side receives the very buffer the camera side filled (zero pixel copies),
-through a real FrameRef over real DDS in one process."""
+through a real FrameRef over real DDS in one process; with a FrameSubscription, handed over directly (the DDS
+copy is dropped as a duplicate); loans filled in place, and abandoned."""
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -53,5 +55,176 @@ def test_frame_reaches_the_consumer(mode):
         else:
             assert frame is not image and len(ref.image.data) == image.nbytes
         executor.shutdown()
+        producer.destroy_node()
+        consumer.destroy_node()
     finally:
         rclpy.try_shutdown(context=context)
+
+
+# -- FrameSubscription: the frame handed over in-process, the DDS copy dropped --------------------------------
+class Composed:
+    """A producer node and a consumer node in one context, the consumer spinning on its own thread."""
+
+    def __init__(self, mode: str, dispatch: str = 'thread', doorbell: bool = True):
+        from vidaction_ros.transport import FrameSubscription
+        self.context = rclpy.Context()
+        rclpy.init(context=self.context)
+        self.producer = Node('test_producer', context=self.context)
+        self.consumer = Node('test_consumer', context=self.context)
+        self.received, self.changed = [], threading.Condition()
+        self.observed = []
+        self.frames = FrameSubscription(self.consumer, 'camera/frame', self._on_frame, qos.FRAME_LOCKSTEP,
+                                        dispatch=dispatch, doorbell=doorbell)
+        self.consumer.create_subscription(FrameRef, 'camera/frame', self._on_observed, qos.FRAME_LOCKSTEP)
+        self.sender = FrameSender(self.producer, mode, lockstep=True, max_frame=(64, 48), doorbell=doorbell)
+        self.executor = SingleThreadedExecutor(context=self.context)
+        self.executor.add_node(self.consumer)
+        self.spinner = threading.Thread(target=self.executor.spin, daemon=True)
+        self.spinner.start()
+        for _ in range(200):                      # discovery: wait for both matches, bounded
+            if self.sender.publisher.get_subscription_count() >= 2:
+                break
+            threading.Event().wait(0.05)
+        assert self.sender.publisher.get_subscription_count() >= 2
+
+    def _on_frame(self, msg):
+        with self.changed:
+            self.received.append((msg, resolve(msg), threading.current_thread()))
+            self.changed.notify_all()
+
+    def _on_observed(self, msg):
+        with self.changed:
+            self.observed.append(msg.sequence)
+            self.changed.notify_all()
+
+    def wait(self, predicate, timeout: float = 30.0) -> bool:
+        with self.changed:
+            return self.changed.wait_for(predicate, timeout)
+
+    def close(self):
+        self.frames.destroy()
+        self.sender.close()
+        self.executor.shutdown()
+        # Destroyed, not just shut down: a participant left behind would keep matching 'camera/frame' in later
+        # tests of this process (other processes count its subscriptions as theirs).
+        self.producer.destroy_node()
+        self.consumer.destroy_node()
+        rclpy.try_shutdown(context=self.context)
+
+
+def image_of(seq: int) -> np.ndarray:
+    return np.random.default_rng(seq).integers(0, 255, (48, 64, 3), dtype=np.uint8)
+
+
+@pytest.mark.parametrize('dispatch', ['thread', 'executor', 'inline'])
+@pytest.mark.parametrize('mode', ['inproc', 'shm'])
+def test_frame_subscription_gets_each_frame_once_handed_over_directly(mode, dispatch):
+    import cv2
+    run = Composed(mode, dispatch)
+    try:
+        sent = []
+        for seq in range(6):
+            msg = FrameRef()
+            msg.sequence = seq
+            if seq % 2:                                          # loaned: filled in place
+                view = run.sender.loan(48, 64)
+                assert cv2.resize(np.repeat(np.repeat(image_of(seq), 2, 0), 2, 1), (64, 48), dst=view,
+                                  interpolation=cv2.INTER_NEAREST) is view
+                run.sender.send_loaned(msg, view)
+                sent.append(view)
+            else:
+                sent.append(image_of(seq))
+                run.sender.send(msg, sent[-1])
+        assert run.wait(lambda: len(run.received) >= 6 and len(run.observed) >= 6)
+        assert [m.sequence for m, _, _ in run.received] == list(range(6))            # each once, in order
+        for (msg, frame, _), image in zip(run.received, sent):
+            assert np.array_equal(frame, image_of(msg.sequence))
+            if mode == 'inproc':
+                assert frame is image                                              # by reference, still
+        assert sorted(run.observed) == list(range(6))                             # DDS carried them all too
+        counts = run.frames.counts
+        assert counts['local'] == 6 and counts['dds'] == 0 and counts['bell'] == 0   # handed over first
+        deadline = time.monotonic() + 30
+        while counts['duplicates'] < 6 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert counts['duplicates'] == 6 and len(run.received) == 6                # DDS copies dropped
+        threads = {thread for _, _, thread in run.received}
+        if dispatch == 'executor':
+            assert threads == {run.spinner}                                         # in the node's executor
+        elif dispatch == 'inline':
+            assert threads == {threading.current_thread()}                          # the sender's own thread
+        else:
+            assert len(threads) == 1 and run.spinner not in threads                # the subscription's thread
+            assert threading.current_thread() not in threads
+        assert run.received[0][0] is not run.received[1][0]                        # private messages
+    finally:
+        run.close()
+
+
+@pytest.mark.parametrize('mode', ['inproc', 'shm', 'image'])
+def test_a_loan_abandoned_by_an_exception_publishes_nothing(mode):
+    run = Composed(mode)
+    try:
+        with pytest.raises(RuntimeError, match='mid-frame'):
+            with run.sender.loaned(FrameRef(), 48, 64) as view:
+                assert run.sender.loaned_view is view
+                view[:10] = 0
+                raise RuntimeError('mid-frame')
+        assert not view.flags.writeable and run.sender.loaned_view is None          # handed back
+        with pytest.raises(ValueError, match='not the outstanding loan'):
+            run.sender.send_loaned(FrameRef(), view)
+        msg = FrameRef()
+        msg.sequence = 1
+        with run.sender.loaned(msg, 48, 64) as view:
+            view[:] = image_of(1)
+        assert run.wait(lambda: len(run.received) >= 1 and len(run.observed) >= 1)
+        time.sleep(0.2)
+        assert [m.sequence for m, _, _ in run.received] == [1] and run.observed == [1]
+        assert np.array_equal(run.received[0][1], image_of(1))
+        assert run.sender.stats()['abandoned'] == 1 and run.sender.stats()['sent'] == 1
+        if mode == 'shm':
+            assert msg.generation == 1                                              # the number was reused
+        with pytest.raises(ValueError, match='not the outstanding loan'):
+            run.sender.send_loaned(FrameRef(), np.zeros((48, 64, 3), np.uint8))    # an array of one's own
+    finally:
+        run.close()
+
+
+def test_doorbell_off_is_plain_dds(monkeypatch):
+    monkeypatch.setenv('VIDACTION_DOORBELL', 'off')
+    run = Composed('shm')
+    try:
+        assert run.sender.bell is None and run.frames.bell is None
+        for seq in range(3):
+            msg = FrameRef()
+            msg.sequence = seq
+            run.sender.send(msg, image_of(seq))
+        assert run.wait(lambda: len(run.received) >= 3)
+        assert [m.sequence for m, _, _ in run.received] == [0, 1, 2]
+        assert run.frames.counts['dds'] == 3 and run.frames.counts['local'] == 0
+    finally:
+        run.close()
+
+
+def test_the_doorbell_copy_of_a_frame_ref_equals_the_dds_copy():
+    """The doorbell carries FrameRefs in a flat layout (cheaper than CDR); decoded, they are equal to what
+    DDS delivers, also into a message built ahead of time; pixels inline or another layout fall back."""
+    from rclpy.serialization import deserialize_message, serialize_message
+
+    from vidaction_ros.transport import _CODEC
+    msg = FrameRef()
+    msg.header.stamp.sec, msg.header.stamp.nanosec, msg.header.frame_id = 1_700_000_000, 999_999_999, 'cam'
+    msg.sequence, msg.transport, msg.store, msg.slot, msg.generation = 2**63 + 5, 'shm', 'vidaction_cam_1_0', 3, 99
+    msg.width, msg.height, msg.encoding, msg.source_width, msg.source_height = 1920, 1080, 'bgr8', 3840, 2160
+    msg.scene_change, msg.keyframe = 0.1, True
+    msg.times.captured.sec, msg.times.published.nanosec = 5, 7
+    dds = deserialize_message(serialize_message(msg), FrameRef)             # what a DDS subscriber gets
+    flat = _CODEC.encode(msg)
+    assert flat[0] == _CODEC.FLAT and len(flat) < len(serialize_message(msg))
+    assert _CODEC.decode(flat) == dds and _CODEC.decode(flat, FrameRef()) == dds
+    assert _CODEC.decode(flat) is not msg
+    inline = FrameRef()
+    inline.image.data = b'pixels'                                             # transport "image": CDR
+    assert _CODEC.encode(inline)[0] == _CODEC.CDR and _CODEC.decode(_CODEC.encode(inline)) == inline
+    other_build = bytes([_CODEC.FLAT]) + (_CODEC.crc ^ 1).to_bytes(4, 'little') + flat[5:]
+    assert _CODEC.decode(other_build) is None and _CODEC.decode(flat[:3]) is None

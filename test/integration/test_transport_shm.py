@@ -1,12 +1,17 @@
 """Multi-process mode: a FrameSender(mode='shm') in a child process publishes FrameRefs over real DDS; this
 process subscribes, resolves the pixels from the shared-memory ring and checks them exactly. Then the
-producer's exit (clean, and SIGKILL) and what a consumer sees afterwards."""
+producer's exit (clean, and SIGKILL) and what a consumer sees afterwards. Then the loaned + doorbell path:
+the producer fills loaned slots in place, a FrameSubscription here is rung over the ring's Unix socket (the
+FrameRef still goes over DDS, for observers and as the fallback), a consumer process that dies does not hold
+the producer up, and without a doorbell everything still arrives over DDS."""
+import json
 import os
 import queue
 import subprocess
 import sys
 import tempfile
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -18,7 +23,7 @@ from vidaction_ros import qos
 from vidaction_ros.frame_store import FrameLost
 from vidaction_ros.msg import FrameRef
 from vidaction_ros.shm_ring import SHM_DIR, segment_path
-from vidaction_ros.transport import MODES, FrameSender, borrow, resolve
+from vidaction_ros.transport import MODES, FrameSender, FrameSubscription, borrow, resolve
 
 pytestmark = pytest.mark.integration
 FRAMES = 12
@@ -26,8 +31,10 @@ FRAMES = 12
 # The camera side: a real node with a real FrameSender in its own process. It publishes FRAMES frames whose
 # pixels the test can recompute (seeded by sequence), then waits for 'exit' (clean close) or a SIGKILL.
 PRODUCER = r'''
+import json
 import sys
 import threading
+import time
 import numpy as np
 import rclpy
 from rclpy.node import Node
@@ -39,10 +46,33 @@ node = Node('shm_test_camera')
 sender = FrameSender(node, 'shm', lockstep=True, slots=frames + 4, max_frame=(640, 480))
 print('ring', sender.ring.name, flush=True)
 for line in sys.stdin:                        # 'go' once the test's subscriber matched, then 'exit'
-    if line.strip() == 'go':
+    words = line.split()
+    if words and words[0] == 'loan':          # loan N START: wait for N doorbell readers, send loaned frames
+        readers, start = int(words[1]), int(words[2])
+        deadline = time.monotonic() + 60
+        while sender.bell is not None and len(sender.bell.readers) < readers and time.monotonic() < deadline:
+            sender.bell.poll_registrations()         # drains registrations
+            time.sleep(0.01)
+        for seq in range(start, start + frames):
+            if seq == start + frames // 2:    # a loan abandoned mid-fill: nothing published, ring consistent
+                try:
+                    with sender.loaned(FrameRef(), 480, 640) as view:
+                        view[:100] = 0
+                        raise RuntimeError('producer failed mid-frame')
+                except RuntimeError:
+                    pass
+            msg = FrameRef()
+            msg.sequence = seq
+            view = sender.loan(480, 640)      # the ring slot itself
+            view[:] = np.random.default_rng(seq).integers(0, 256, (480, 640, 3), dtype=np.uint8)
+            sender.send_loaned(msg, view)
+            time.sleep(0.02)
+        print('loaned', json.dumps(sender.stats()), flush=True)
+    elif words and words[0] == 'go':          # go [N]: once N (default 1) subscriptions matched
         matched = threading.Event()
+        wanted = int(words[1]) if len(words) > 1 else 1
         for _ in range(1200):                 # until our writer matched the subscriber too (bounded)
-            if sender.publisher.get_subscription_count() > 0:
+            if sender.publisher.get_subscription_count() >= wanted:
                 break
             matched.wait(0.05)
         for seq in range(frames):
@@ -50,6 +80,7 @@ for line in sys.stdin:                        # 'go' once the test's subscriber 
             msg = FrameRef()
             msg.sequence = seq
             sender.send(msg, image)
+            time.sleep(0.02)                  # a camera's pace, not a burst past the reliable depth of 10
         print('sent', flush=True)
     elif line.strip() == 'exit':
         break
@@ -65,16 +96,16 @@ def expected(seq: int) -> np.ndarray:
 
 
 class Producer:
-    def __init__(self):
+    def __init__(self, **env):
         self.proc = subprocess.Popen([sys.executable, '-c', PRODUCER, str(FRAMES)], cwd=tempfile.gettempdir(),
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-                                     env=dict(os.environ))
+                                     env={**os.environ, **env})
         self.lines = queue.Queue()
         threading.Thread(target=self._pump, daemon=True).start()
 
     def _pump(self):
         for line in self.proc.stdout:
-            self.lines.put(line.split())
+            self.lines.put(line.strip().split(maxsplit=1))
 
     def expect(self, word: str, timeout: float = 60.0) -> list[str]:
         try:
@@ -95,12 +126,20 @@ class Producer:
 
 
 class Consumer:
-    """A subscriber node resolving every FrameRef the moment it arrives, as the embedder does."""
+    """A subscriber node resolving every FrameRef the moment it arrives, as the embedder does. bell=True:
+    through a FrameSubscription (doorbell + DDS), plus a plain DDS observer of the same topic."""
 
-    def __init__(self, context):
+    def __init__(self, context, bell: bool = False):
         self.node = Node('test_shm_consumer', context=context)
         self.results, self.changed = [], threading.Condition()
-        self.node.create_subscription(FrameRef, 'camera/frame', self._on_frame, qos.FRAME_LOCKSTEP)
+        self.observed = []
+        if bell:
+            self.frames = FrameSubscription(self.node, 'camera/frame', self._on_frame, qos.FRAME_LOCKSTEP,
+                                            trace=True)
+            self.node.create_subscription(FrameRef, 'camera/frame', self._on_observed, qos.FRAME_LOCKSTEP)
+        else:
+            self.frames = None
+            self.node.create_subscription(FrameRef, 'camera/frame', self._on_frame, qos.FRAME_LOCKSTEP)
         self.executor = SingleThreadedExecutor(context=context)
         self.executor.add_node(self.node)
         threading.Thread(target=self.executor.spin, daemon=True).start()
@@ -113,6 +152,23 @@ class Consumer:
         with self.changed:
             self.results.append((msg, outcome))
             self.changed.notify_all()
+
+    def _on_observed(self, msg):
+        with self.changed:
+            self.observed.append(msg.sequence)
+            self.changed.notify_all()
+
+    def wait_observed(self, sequences, timeout: float = 60.0) -> bool:
+        with self.changed:
+            return self.changed.wait_for(lambda: set(sequences) <= set(self.observed), timeout)
+
+    def close(self):
+        """Destroyed, not just shut down: a participant left behind would keep matching 'camera/frame' in
+        later tests of this process (and a producer would count its subscription as a consumer)."""
+        if self.frames is not None:
+            self.frames.destroy()
+        self.executor.shutdown()
+        self.node.destroy_node()
 
     def wait_for(self, count: int, timeout: float = 60.0) -> bool:
         with self.changed:
@@ -149,7 +205,7 @@ def test_frames_cross_processes_through_shared_memory_exactly(ros):
         assert consumer.wait_for_publisher(), 'the producer never appeared on camera/frame'
         producer.say('go')
         producer.expect('sent')
-        assert consumer.wait_for(FRAMES), f'only {len(consumer.results)} of {FRAMES} FrameRefs arrived'
+        assert consumer.wait_for(FRAMES), f'only {[m.sequence for m, _ in consumer.results]} of {FRAMES} arrived'
         for msg, frame in consumer.results:
             assert msg.transport == 'shm' and msg.store == ring and msg.encoding == 'bgr8'
             assert (msg.width, msg.height) == (640, 480)
@@ -167,7 +223,7 @@ def test_frames_cross_processes_through_shared_memory_exactly(ros):
         assert not os.path.exists(segment_path(ring))                  # the camera cleaned up
         with pytest.raises(FrameLost):
             resolve(consumer.results[-1][0])                            # its frames are gone, clearly
-        consumer.executor.shutdown()
+        consumer.close()
     finally:
         producer.close()
 
@@ -180,7 +236,7 @@ def test_a_sigkilled_camera_leaves_nothing_that_breaks_the_next_start(ros):
         assert consumer.wait_for_publisher()
         producer.say('go')
         producer.expect('sent')
-        assert consumer.wait_for(FRAMES)
+        assert consumer.wait_for(FRAMES), f'only {[m.sequence for m, _ in consumer.results]} of {FRAMES} arrived'
         producer.proc.kill()                                           # SIGKILL: no close, no unlink
         producer.proc.wait(60)
         assert os.path.exists(segment_path(ring))
@@ -201,6 +257,131 @@ def test_a_sigkilled_camera_leaves_nothing_that_breaks_the_next_start(ros):
             sender.close()
             node.destroy_node()
         assert not any(sender.ring.name in entry for entry in os.listdir(SHM_DIR))
-        consumer.executor.shutdown()
+        consumer.close()
+    finally:
+        producer.close()
+
+
+# A second consumer in its own process: a real node with a FrameSubscription, killed by the test.
+CONSUMER = r'''
+import threading
+import rclpy
+from rclpy.executors import SingleThreadedExecutor
+from rclpy.node import Node
+from vidaction_ros import qos
+from vidaction_ros.transport import FrameSubscription, resolve
+rclpy.init()
+node = Node('shm_test_other_consumer')
+FrameSubscription(node, 'camera/frame', lambda msg: print('got', msg.sequence, resolve(msg).shape, flush=True),
+                  qos.FRAME_LOCKSTEP)
+executor = SingleThreadedExecutor()
+executor.add_node(node)
+threading.Thread(target=executor.spin, daemon=True).start()
+for _ in range(1200):                         # bounded: the camera's publisher is in our graph
+    if node.count_publishers('camera/frame') > 0:
+        break
+    threading.Event().wait(0.05)
+print('ready', flush=True)
+threading.Event().wait()
+'''
+
+
+def check_frames(results, sequences):
+    """Each frame once, in order, pixels exact."""
+    assert [msg.sequence for msg, _ in results] == list(sequences)
+    for msg, frame in results:
+        assert isinstance(frame, np.ndarray), f'frame {msg.sequence} lost: {frame}'
+        assert np.array_equal(frame, expected(msg.sequence)), f'frame {msg.sequence} differs'
+
+
+def test_loaned_frames_ring_the_doorbell_and_a_dead_consumer_holds_nothing_up(ros):
+    producer = Producer()
+    other = None
+    try:
+        producer.expect('ring')
+        consumer = Consumer(ros, bell=True)
+        assert consumer.wait_for_publisher(), 'the producer never appeared on camera/frame'
+        other = subprocess.Popen([sys.executable, '-c', CONSUMER], cwd=tempfile.gettempdir(),
+                                 stdout=subprocess.PIPE, text=True, env=dict(os.environ))
+        assert other.stdout.readline().strip() == 'ready'
+        lines = queue.Queue()
+        threading.Thread(target=lambda: [lines.put(line.split()) for line in other.stdout], daemon=True).start()
+        # 1. copying sends: the first FrameRef of a ring comes over DDS, and that is when readers register.
+        producer.say('go 3')                    # once it matched our two subscriptions and the other process's
+        producer.expect('sent')
+        assert consumer.wait_for(FRAMES), f'only {len(consumer.results)} of {FRAMES} frames arrived'
+        check_frames(consumer.results, range(FRAMES))
+        assert consumer.frames.counts['registrations'] >= 1
+        # The other process got frames too (not necessarily all 12: a reliable keep-last-10 writer may drop
+        # the first ones for a reader whose side of the match was not complete yet); its first FrameRef from
+        # DDS made it register with the ring's doorbell.
+        try:
+            words = lines.get(timeout=60)
+        except queue.Empty:
+            raise AssertionError('the other consumer got no frame') from None
+        assert words[0] == 'got' and words[2:] == ['(480,', '640,', '3)'], words
+
+        # 2. the other consumer dies (SIGKILL: no unregistering); loaned frames: both doorbell readers were
+        # registered, the dead one is dropped without holding the producer up, this one gets every frame.
+        other.kill()
+        other.wait(60)
+        producer.say(f'loan 2 {FRAMES}')
+        stats = json.loads(producer.expect('loaned')[1])
+        assert consumer.wait_for(2 * FRAMES), (f'only {[m.sequence for m, _ in consumer.results]} arrived; '
+                                               f'{consumer.frames.stats()} {stats}')
+        check_frames(consumer.results, range(2 * FRAMES))
+        assert stats['abandoned'] == 1 and stats['loaned'] == FRAMES + 1
+        assert stats['doorbell_unregistered'] == 1 and stats['doorbell_dropped'] >= 1   # the dead reader
+        assert stats['doorbell_sent'] >= 1 and stats['doorbell_readers'] == 1
+        counts = consumer.frames.counts
+        assert counts['bell'] >= 1                                     # rung over the socket, not DDS
+        assert counts['bell'] + counts['dds'] == 2 * FRAMES and counts['stale'] == 0
+        bell_frames = [path for path, *_ in consumer.frames.trace if path == 'bell']
+        assert len(bell_frames) == counts['bell']
+        # The FrameRefs still went over DDS: an observer sees the loaned ones (the first of the copying batch
+        # may reach it before its side of the match completed), and the subscription dropped the DDS copies of
+        # the frames the doorbell delivered first (and the doorbell copies of any frame whose DDS copy won),
+        # never dispatching a frame twice.
+        assert consumer.wait_observed(range(FRAMES, 2 * FRAMES)), f'the observer got {sorted(consumer.observed)}'
+        # Each loaned frame reached this subscription both ways (discovery is long complete by then), so its
+        # second copy was dropped: at least FRAMES duplicates, and no frame dispatched twice.
+        deadline = time.monotonic() + 30
+        while counts['duplicates'] < FRAMES and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert FRAMES <= counts['duplicates'] <= 2 * FRAMES
+        assert len(consumer.results) == 2 * FRAMES
+
+        producer.say('exit')
+        producer.expect('closed')
+        assert producer.proc.wait(60) == 0
+        consumer.close()
+    finally:
+        if other is not None and other.poll() is None:
+            other.kill()
+            other.wait(60)
+        producer.close()
+
+
+def test_without_a_doorbell_everything_still_arrives_over_dds(ros):
+    # An unusable socket directory in the producer: it says so once and announces frames over DDS only.
+    producer = Producer(VIDACTION_DOORBELL_DIR='/proc/no-such-dir')
+    try:
+        producer.expect('ring')
+        consumer = Consumer(ros, bell=True)
+        assert consumer.wait_for_publisher()
+        producer.say('go')
+        producer.expect('sent')
+        producer.say(f'loan 0 {FRAMES}')
+        stats = json.loads(producer.expect('loaned')[1])
+        assert 'doorbell_sent' not in stats                            # no doorbell in the producer
+        assert consumer.wait_for(2 * FRAMES), (f'only {[m.sequence for m, _ in consumer.results]} arrived; '
+                                               f'{consumer.frames.stats()}')
+        check_frames(consumer.results, range(2 * FRAMES))
+        assert consumer.frames.counts['dds'] == 2 * FRAMES and consumer.frames.counts['bell'] == 0
+        assert consumer.frames.counts['registrations'] == 0            # no doorbell advertised in the ring
+        producer.say('exit')
+        producer.expect('closed')
+        assert producer.proc.wait(60) == 0
+        consumer.close()
     finally:
         producer.close()

@@ -298,7 +298,7 @@ def test_foreign_files_and_other_layout_versions_are_refused(name):
 def test_ring_names_are_sanitised():
     assert ring_name('vidaction', '/ns/camera', 12) == 'vidaction_ns_camera_12'
     assert segment_path('/abc') == '/dev/shm/abc'
-    for bad in ('', '.hidden', 'a/b', 'x' * 201):
+    for bad in ('', '.hidden', 'a/b', 'x' * 201, 'name\n'):
         with pytest.raises(ValueError):
             segment_path(bad)
 
@@ -354,3 +354,176 @@ def test_cuda_ipc_shares_device_memory_with_another_process():
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+# -- loans: the producer fills the slot in place ------------------------------------------------------------
+def test_loan_is_the_slot_itself_and_is_published_by_commit(name):
+    import cv2
+    source = frame(96, 128, seed=3)
+    with ShmRingWriter(name, slots=3, slot_bytes=48 * 64 * 3) as writer, ShmRingReader(name) as reader:
+        loan = writer.loan((48, 64, 3))
+        assert (loan.slot, loan.generation) == (0, 1) and writer.loaned is loan
+        assert loan.array.flags.writeable and loan.array.flags.c_contiguous
+        assert np.shares_memory(loan.array, writer._data)                    # no staging buffer
+        out = cv2.resize(source, (64, 48), dst=loan.array, interpolation=cv2.INTER_AREA)
+        assert out is loan.array                                           # cv2 wrote into the slot
+        with pytest.raises(FrameLost, match='being overwritten'):
+            reader.read(loan.slot, loan.generation)                        # not published yet
+        assert reader.latest() == (0, 0)
+        assert writer.commit(loan) == (0, 1)
+        assert writer.loaned is None and not loan.array.flags.writeable   # a late write cannot tear it
+        with pytest.raises(ValueError):
+            loan.array[0, 0, 0] = 1
+        expected = cv2.resize(source, (64, 48), interpolation=cv2.INTER_AREA)
+        assert np.array_equal(reader.read(0, 1), expected) and reader.latest() == (0, 1)
+        with pytest.raises(ValueError, match='not the outstanding loan'):
+            writer.commit(loan)                                            # twice: refused
+        gray = writer.loan((10, 12))                                        # HxW works too
+        gray.array[:] = 7
+        assert writer.commit(gray) == (1, 2) and (reader.read(1, 2) == 7).all()
+
+
+def test_abandoned_loan_leaves_the_ring_consistent(name):
+    with ShmRingWriter(name, slots=3, slot_bytes=100) as writer, ShmRingReader(name) as reader:
+        refs = [writer.write(np.full((10, 10), v, np.uint8)) for v in (1, 2, 3)]   # slots 0, 1, 2
+        loan = writer.loan((10, 10))                                      # slot 0 again: generation 4
+        assert (loan.slot, loan.generation) == (0, 4)
+        loan.array[:5] = 99                                                 # half filled, then the producer fails
+        writer.abandon(loan)
+        assert writer.loaned is None and writer.abandoned == 1 and not loan.array.flags.writeable
+        with pytest.raises(FrameLost, match='holds generation 0'):
+            reader.read(*refs[0])                                           # what the slot held is gone, clearly
+        with pytest.raises(FrameLost):
+            reader.read(0, 4)                                               # the abandoned frame never existed
+        assert (reader.read(*refs[1]) == 2).all() and (reader.read(*refs[2]) == 3).all()
+        assert reader.latest() == refs[2] and writer.generation == 3        # nothing was published
+        assert writer.write(np.full((10, 10), 4, np.uint8)) == (0, 4)       # the slot and number are reused
+        assert (reader.read(0, 4) == 4).all()
+        writer.abandon(loan)                                                # no longer outstanding: no-op
+        assert writer.abandoned == 1 and (reader.read(0, 4) == 4).all()
+
+
+def test_a_new_loan_or_write_abandons_a_forgotten_loan(name):
+    with ShmRingWriter(name, slots=2, slot_bytes=100) as writer, ShmRingReader(name) as reader:
+        first = writer.loan((10, 10))
+        second = writer.loan((10, 10))                                      # first was never handed back
+        assert writer.abandoned == 1 and not first.array.flags.writeable
+        assert (second.slot, second.generation) == (first.slot, first.generation)
+        with pytest.raises(ValueError, match='not the outstanding loan'):
+            writer.commit(first)
+        second.array[:] = 5
+        writer.commit(second)
+        third = writer.loan((10, 10))
+        ref = writer.write(np.full((10, 10), 6, np.uint8))                  # a copying write abandons it too
+        assert writer.abandoned == 2 and ref == (third.slot, third.generation)
+        assert (reader.read(*ref) == 6).all() and (reader.read(second.slot, second.generation) == 5).all()
+
+
+def test_loan_errors_change_nothing(name):
+    with ShmRingWriter(name, slots=2, slot_bytes=100) as writer:
+        with pytest.raises(ValueError, match='larger than the 100-byte slots'):
+            writer.loan((10, 11))
+        with pytest.raises(ValueError, match='HxWxC'):
+            writer.loan((4, 4, 2))
+        assert writer.generation == 0 and writer.loaned is None
+        loan = writer.loan((10, 10))
+    assert not loan.array.flags.writeable                                   # close hands it back
+
+
+def test_a_view_is_never_valid_across_a_loan_of_its_slot(name):
+    """A slow reader holding a view while the writer lends and fills that very slot: the reader sees the
+    pixels change under it, and the with-block tells it to discard them (never a silent torn frame)."""
+    with ShmRingWriter(name, slots=2, slot_bytes=100) as writer, ShmRingReader(name) as reader:
+        slot, generation = writer.write(np.full((10, 10), 1, np.uint8))
+        writer.write(np.full((10, 10), 2, np.uint8))
+        with pytest.raises(FrameLost, match='torn copy discarded'):
+            with reader.view(slot, generation) as view:
+                loan = writer.loan((10, 10))                                # lands in the viewed slot
+                loan.array[:5] = 3                                          # half written
+                assert view[0, 0] == 3 and view[9, 9] == 1                  # torn, as seen from inside
+                writer.abandon(loan)
+        with pytest.raises(FrameLost):
+            reader.read(slot, generation)
+
+
+# A loaning writer process: fills each loaned slot band by band (so a torn read would mix generations
+# row-wise), unpaced, until SIGINT.
+LOAN_WRITER = r'''
+import sys
+import numpy as np
+from vidaction_ros.shm_ring import ShmRingWriter
+name, slots, h, w = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+rows = np.arange(h, dtype=np.int64)[:, None, None]
+with ShmRingWriter(name, slots=slots, slot_bytes=h * w * 3) as ring:
+    print('ready', flush=True)
+    try:
+        while True:
+            loan = ring.loan((h, w, 3))
+            pattern = ((loan.generation * 31 + rows) % 256).astype(np.uint8)
+            for top in range(0, h, h // 4):
+                loan.array[top:top + h // 4] = pattern[top:top + h // 4]
+            ring.commit(loan)
+    except KeyboardInterrupt:
+        pass
+print('closed', flush=True)
+'''
+
+
+def expected_rows(generation: int, h: int) -> np.ndarray:
+    return ((generation * 31 + np.arange(h)) % 256).astype(np.uint8)
+
+
+def test_loaning_writer_and_slow_reader_never_produce_a_torn_frame(name):
+    """Fast loaning writer, slow reader (row by row checksums on a zero-copy view, and copies): every frame
+    the reader accepts is exactly the frame of its generation; the rest are reported lost."""
+    h, w = 240, 320
+    writer = WriterProcess.__new__(WriterProcess)
+    writer.proc = subprocess.Popen([sys.executable, '-c', LOAN_WRITER, name, '3', str(h), str(w)],
+                                   cwd=tempfile.gettempdir(), stdout=subprocess.PIPE, text=True)
+    writer.lines = queue.Queue()
+    threading.Thread(target=writer._pump, daemon=True).start()
+    try:
+        writer.expect('ready')
+        checked = slow_checked = lost = 0
+        with ShmRingReader(name) as reader:
+            deadline = time.monotonic() + 60
+            while (checked < 300 or slow_checked < 5) and time.monotonic() < deadline:
+                slot, generation = reader.latest()
+                if generation == 0:
+                    continue
+                slow = (checked + lost) % 3 == 0
+                try:
+                    if slow:
+                        with reader.view(slot, generation) as view:       # slow: one row at a time
+                            sums = [int(view[r].sum(dtype=np.uint64)) for r in range(h)]
+                        got_rows = np.array(sums) // (w * 3)
+                        exact = all(s % (w * 3) == 0 for s in sums)
+                    else:
+                        got = reader.read(slot, generation)
+                        got_rows = got[:, 0, 0]
+                        exact = bool((got == got[:, :1, :1]).all())
+                except WriterGone:
+                    raise AssertionError('the loaning writer process died') from None
+                except FrameLost:
+                    lost += 1
+                    continue
+                assert exact and np.array_equal(got_rows, expected_rows(generation, h)), (
+                    f'torn or wrong frame accepted: generation {generation} (after {checked} good, {lost} lost)')
+                checked += 1
+                slow_checked += slow
+        print(f'loan torn-read test: {checked} checked ({slow_checked} slow), {lost} lost')
+        assert checked >= 300 and slow_checked >= 5, f'only {checked} ({slow_checked} slow) checked in 60 s'
+    finally:
+        writer.stop()
+    assert writer.proc.returncode == 0
+
+
+def test_doorbell_path_is_advertised_in_the_ring_header(name):
+    with ShmRingWriter(name, slots=2, slot_bytes=100) as writer, ShmRingReader(name) as reader:
+        assert reader.doorbell() == ''
+        writer.set_doorbell('/run/user/1/vidaction-bell-1-2-x/w0.sock')
+        assert reader.doorbell() == '/run/user/1/vidaction-bell-1-2-x/w0.sock'
+        writer.set_doorbell('')
+        assert reader.doorbell() == ''
+        with pytest.raises(ValueError, match='longer than'):
+            writer.set_doorbell('x' * 300)
