@@ -220,6 +220,8 @@ def run(bag: str, ros_args: list[str] | None = None, **options) -> int:
     import rclpy
     from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 
+    from .nodes.runtime import listen_to_sigint
+    listen_to_sigint()   # see there: a background start leaves SIGINT ignored
     rclpy.init(args=ros_args)
     signal.signal(signal.SIGTERM, lambda *_: rclpy.try_shutdown())
     stop = threading.Event()

@@ -97,7 +97,8 @@ def run(args, printer: ActionPrinter, timeout: float) -> tuple[dict, dict]:
     Returns the camera's and the embedder's counters."""
     import rclpy
     from .nodes.lifecycle import bring_up
-    from .nodes.runtime import spin_each_node
+    from .nodes.runtime import listen_to_sigint, spin_each_node
+    listen_to_sigint()   # see there: a background start leaves SIGINT ignored
     rclpy.init(args=pipeline.ros_args_for(args))
     nodes = []
     try:

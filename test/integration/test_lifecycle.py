@@ -15,15 +15,13 @@ from ros_helpers import stop
 pytestmark = pytest.mark.integration
 
 
-def start(module, name, overrides, log):
+def start(module, name, overrides, log, preexec_fn=None):
     from vidaction_ros.pipeline import ros_param_arg
     cmd = [os.sys.executable, '-m', f'vidaction_ros.nodes.{module}', '--ros-args', '-r', f'__node:={name}']
     for key, value in overrides.items():
         cmd += ['-p', ros_param_arg(key, value)]
     return subprocess.Popen(cmd, cwd=tempfile.gettempdir(), stdout=log, stderr=subprocess.STDOUT,
-                            start_new_session=True, env=dict(os.environ))
-
-
+                            start_new_session=True, env=dict(os.environ), preexec_fn=preexec_fn)
 
 
 @pytest.fixture
@@ -132,3 +130,20 @@ def test_autostart_node_with_a_bad_source_exits_with_the_reason(tmp_path):
         stop(camera)
         log.close()
     assert 'missing.avi' in (tmp_path / 'camera.log').read_text()
+
+
+def test_a_node_started_with_sigint_ignored_still_stops_on_sigint(ros, tmp_path):
+    """A background start (nohup, `cmd &` in a script, some CI runners) hands the child SIGINT as ignored;
+    `ros2 launch` and our harnesses stop nodes with SIGINT, so the node must take it back."""
+    import signal
+    log = open(tmp_path / 'memory.log', 'w')
+    node = start('memory_node', 'memory', {'autostart': False}, log,
+                 preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    try:
+        assert ros.state_of('memory', timeout=60) == 'unconfigured'   # up and spinning
+        os.killpg(node.pid, signal.SIGINT)
+        node.wait(30)           # TimeoutExpired if SIGINT stayed ignored
+        assert node.returncode == 0, (tmp_path / 'memory.log').read_text()[-2000:]
+    finally:
+        stop(node)
+        log.close()

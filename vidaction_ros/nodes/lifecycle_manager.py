@@ -89,6 +89,8 @@ class LifecycleManager(Node):
 
 
 def main(args=None) -> int:
+    from .runtime import listen_to_sigint
+    listen_to_sigint()   # see there: a background start leaves SIGINT ignored
     rclpy.init(args=sys.argv if args is None else args)
     node = None
     try:

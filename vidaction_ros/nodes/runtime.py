@@ -11,11 +11,21 @@ from rclpy._rclpy_pybind11 import RCLError
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 
 
+def listen_to_sigint() -> None:
+    """Take SIGINT back when the parent left it ignored. A process started in the background by a shell
+    without job control (nohup, `cmd &` in a script, some CI runners) inherits SIGINT as SIG_IGN; Python and
+    rclpy.init then keep it ignored, and `ros2 launch` / a test harness could stop the node only by escalating
+    to SIGTERM or SIGKILL. Call before rclpy.init, which installs its own handler on top of this one."""
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
 def run_nodes(factories, args=None, bring_up_here: bool = False) -> int:
     """Create the nodes (in order) and spin each on its own executor until shutdown. Returns an exit code.
 
     bring_up_here: configure and activate the nodes with autostart:=false here, downstream first (composed
     mode). Otherwise such nodes wait to be brought up from outside (lifecycle_manager, ros2 lifecycle)."""
+    listen_to_sigint()
     rclpy.init(args=args)
     # SIGTERM (ros2 launch, systemd, a test harness) shuts down as cleanly as Ctrl-C.
     signal.signal(signal.SIGTERM, lambda *_: rclpy.try_shutdown())
