@@ -49,27 +49,14 @@ import numpy as np  # noqa: E402
 
 try:
     from vidaction_ros.memory import TemporalMemory
-    from vidaction_ros.memory_data import consecutive_cosine, extend_with_walk, video_embeddings
+    from vidaction_ros.memory_data import consecutive_cosine, extend_with_walk, video_embeddings, rss_mb
 except ImportError:  # running from a source checkout without an installed package
     sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
     from vidaction_ros.memory import TemporalMemory
-    from vidaction_ros.memory_data import consecutive_cosine, extend_with_walk, video_embeddings
+    from vidaction_ros.memory_data import consecutive_cosine, extend_with_walk, video_embeddings, rss_mb
 
 K = 10
 NOISE = 0.2  # revisit queries: a window frame plus noise of this norm (cosine ~0.98 to the frame)
-
-
-def rss_mb() -> float:
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) / 1024.0
-    except OSError:
-        pass
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
 def pct(xs: list[float], p: float) -> float:

@@ -30,21 +30,13 @@ import numpy as np  # noqa: E402
 
 try:
     from vidaction_ros.memory import TemporalMemory
-    from vidaction_ros.memory_data import consecutive_cosine, sphere_walk, video_embeddings
+    from vidaction_ros.memory_data import consecutive_cosine, sphere_walk, video_embeddings, rss_mb
     from vidaction_ros.memory_tiers import TieredMemory
 except ImportError:  # running from a source checkout without an installed package
     sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
     from vidaction_ros.memory import TemporalMemory
-    from vidaction_ros.memory_data import consecutive_cosine, sphere_walk, video_embeddings
+    from vidaction_ros.memory_data import consecutive_cosine, sphere_walk, video_embeddings, rss_mb
     from vidaction_ros.memory_tiers import TieredMemory
-
-
-def rss_mb() -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024.0
-    return float("nan")
 
 
 def stream(real: np.ndarray, total: int, seed: int, chunk: int = 1024):

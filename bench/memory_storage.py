@@ -28,6 +28,7 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import argparse  # noqa: E402
 import gc  # noqa: E402
+import inspect  # noqa: E402
 import json  # noqa: E402
 import math  # noqa: E402
 import platform  # noqa: E402
@@ -38,22 +39,14 @@ import numpy as np  # noqa: E402
 
 try:
     from vidaction_ros.memory import STORAGE_CHOICES, TemporalMemory
-    from vidaction_ros.memory_data import extend_with_walk, video_embeddings
+    from vidaction_ros.memory_data import extend_with_walk, video_embeddings, rss_mb
 except ImportError:  # running from a source checkout without an installed package
     sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
     from vidaction_ros.memory import STORAGE_CHOICES, TemporalMemory
-    from vidaction_ros.memory_data import extend_with_walk, video_embeddings
+    from vidaction_ros.memory_data import extend_with_walk, video_embeddings, rss_mb
 
 K = 10
-M = 16  # TemporalMemory's default graph degree
-
-
-def rss_mb() -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024.0
-    return float("nan")
+M = inspect.signature(TemporalMemory).parameters['M'].default  # TemporalMemory's default graph degree
 
 
 def heap_bytes() -> int | None:

@@ -160,3 +160,17 @@ def video_embeddings(video: str = DEMO_VIDEO, max_width: int = 640, max_height: 
     except OSError:
         pass  # a read-only cache only costs recomputation next time
     return vectors, stamps
+
+
+def rss_mb() -> float:
+    """This process's resident set size in MB (the memory benches' RSS columns)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
