@@ -21,7 +21,12 @@ from vidaction_ros.shm_ring import (LAYOUT_VERSION, SHM_DIR, RingFormatError, Ri
 
 # A writer process: frames cycle through 8 solid values so that any mix of two frames is visible.
 WRITER = r'''
+import os
+import signal
 import sys
+# Stopped with SIGINT: take it back if this process was started with it ignored (background CI shells).
+signal.signal(signal.SIGINT, signal.default_int_handler)
+parent = os.getppid()                     # and it stops by itself once the test process is gone
 import numpy as np
 from vidaction_ros.shm_ring import ShmRingWriter
 name, slots, h, w = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
@@ -30,7 +35,7 @@ with ShmRingWriter(name, slots=slots, slot_bytes=h * w * 3) as ring:
     ring.write(frames[1])
     print('ready', flush=True)
     try:
-        while True:                       # hammer: no pacing at all
+        while ring.generation % 1024 or os.getppid() == parent:   # hammer: no pacing at all
             ring.write(frames[(ring.generation + 1) % 8])
     except KeyboardInterrupt:
         pass
@@ -73,7 +78,11 @@ class WriterProcess:
     def stop(self):
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGINT)
-            self.proc.wait(60)
+            try:
+                self.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                self.kill()                # never left spinning a core
+                raise AssertionError('writer process did not stop on SIGINT (killed)') from None
 
     def kill(self):
         self.proc.kill()
@@ -449,7 +458,12 @@ def test_a_view_is_never_valid_across_a_loan_of_its_slot(name):
 # A loaning writer process: fills each loaned slot band by band (so a torn read would mix generations
 # row-wise), unpaced, until SIGINT.
 LOAN_WRITER = r'''
+import os
+import signal
 import sys
+# Stopped with SIGINT: take it back if this process was started with it ignored (background CI shells).
+signal.signal(signal.SIGINT, signal.default_int_handler)
+parent = os.getppid()                     # and it stops by itself once the test process is gone
 import numpy as np
 from vidaction_ros.shm_ring import ShmRingWriter
 name, slots, h, w = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
@@ -457,7 +471,7 @@ rows = np.arange(h, dtype=np.int64)[:, None, None]
 with ShmRingWriter(name, slots=slots, slot_bytes=h * w * 3) as ring:
     print('ready', flush=True)
     try:
-        while True:
+        while ring.generation % 1024 or os.getppid() == parent:
             loan = ring.loan((h, w, 3))
             pattern = ((loan.generation * 31 + rows) % 256).astype(np.uint8)
             for top in range(0, h, h // 4):
