@@ -264,6 +264,7 @@ def test_a_sigkilled_camera_leaves_nothing_that_breaks_the_next_start(ros):
 
 # A second consumer in its own process: a real node with a FrameSubscription, killed by the test.
 CONSUMER = r'''
+import sys
 import threading
 import rclpy
 from rclpy.executors import SingleThreadedExecutor
@@ -282,7 +283,7 @@ for _ in range(1200):                         # bounded: the camera's publisher 
         break
     threading.Event().wait(0.05)
 print('ready', flush=True)
-threading.Event().wait()
+sys.stdin.read()                              # until the test closes our stdin, or is gone
 '''
 
 
@@ -301,7 +302,7 @@ def test_loaned_frames_ring_the_doorbell_and_a_dead_consumer_holds_nothing_up(ro
         producer.expect('ring')
         consumer = Consumer(ros, bell=True)
         assert consumer.wait_for_publisher(), 'the producer never appeared on camera/frame'
-        other = subprocess.Popen([sys.executable, '-c', CONSUMER], cwd=tempfile.gettempdir(),
+        other = subprocess.Popen([sys.executable, '-c', CONSUMER], cwd=tempfile.gettempdir(), stdin=subprocess.PIPE,
                                  stdout=subprocess.PIPE, text=True, env=dict(os.environ))
         assert other.stdout.readline().strip() == 'ready'
         lines = queue.Queue()
