@@ -29,3 +29,13 @@ def read_frame(index: int, size=(640, 480)):
     cap.release()
     assert ok, f'cannot read frame {index} of {VIDEO}'
     return cv2.resize(frame, size, interpolation=cv2.INTER_AREA) if size else frame
+
+
+@pytest.fixture
+def context():
+    """A fresh rclpy context for one test (its own DDS participant), shut down afterwards."""
+    import rclpy
+    ctx = rclpy.Context()
+    rclpy.init(context=ctx)
+    yield ctx
+    rclpy.try_shutdown(context=ctx)

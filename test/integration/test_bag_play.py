@@ -8,7 +8,6 @@ import sys
 import tempfile
 
 import pytest
-import rclpy
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from rclpy.serialization import deserialize_message
 from rosgraph_msgs.msg import Clock
@@ -39,14 +38,6 @@ def recorded():
     assert REPLAY_BAG.is_dir(), f'replay fixture missing: {REPLAY_BAG} (test/data/make_vtest_replay.sh)'
     return [(m.bag_time_ns, deserialize_message(m.data, CompressedImage))
             for m in bag_io.read_raw(str(REPLAY_BAG), [TOPIC])]
-
-
-@pytest.fixture
-def context():
-    ctx = rclpy.Context()
-    rclpy.init(context=ctx)
-    yield ctx
-    rclpy.try_shutdown(context=ctx)
 
 
 def play(context, tmp_path, *args, subscriptions=None, until=None):

@@ -25,12 +25,13 @@ def test_each_node_reports_its_health(tmp_path, video_path):
     rclpy.init(context=context)
     node = Node('test_diagnostics_listener', context=context)
     seen: dict[str, list] = {}
-    lock = threading.Lock()
+    lock = threading.Condition()
 
     def on_array(array):
         with lock:
             for status in array.status:
                 seen.setdefault(status.name, []).append((time.monotonic(), status))
+            lock.notify_all()
     node.create_subscription(DiagnosticArray, '/diagnostics', on_array, 50)
     executor = SingleThreadedExecutor(context=context)
     executor.add_node(node)
@@ -38,13 +39,9 @@ def test_each_node_reports_its_health(tmp_path, video_path):
     proc = start_pipeline('--mode', 'composed', '--source', video_path, '--loop', 'true',
                           log_path=str(tmp_path / 'pipeline.log'))
     try:
-        deadline = time.monotonic() + 120
-
-        def complete():
-            with lock:
-                return all(len(seen.get(f'vidaction_ros: {n}', [])) >= 3 for n in EXPECTED_KEYS)
-        while time.monotonic() < deadline and not complete():
-            time.sleep(0.5)
+        with lock:
+            lock.wait_for(lambda: all(len(seen.get(f'vidaction_ros: {n}', [])) >= 3 for n in EXPECTED_KEYS),
+                          timeout=120)
         assert stop_group(proc) == 0
     finally:
         if proc.poll() is None:

@@ -20,7 +20,6 @@ import tempfile
 import time
 
 import pytest
-import rclpy
 
 from bag_helpers import REPLAY_BAG, start_player
 from ros_helpers import ActionCollector, stamp_s, start_pipeline, stop_group
@@ -149,14 +148,6 @@ def _installed(rel: str) -> str:
 
 
 # -- 2. bag play -> camera on the topic, real time -------------------------------------------------------------------
-@pytest.fixture
-def context():
-    ctx = rclpy.Context()
-    rclpy.init(context=ctx)
-    yield ctx
-    rclpy.try_shutdown(context=ctx)
-
-
 def _wait(predicate, timeout: float) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
