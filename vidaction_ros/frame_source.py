@@ -69,6 +69,17 @@ def downscale(image: np.ndarray, max_width: int, max_height: int) -> np.ndarray:
     return cv2.resize(image, size, interpolation=cv2.INTER_AREA)
 
 
+def downscale_into(image: np.ndarray, out: np.ndarray) -> None:
+    """downscale() into a preallocated bgr8 array (a transport loan) whose shape is working_size's."""
+    import cv2
+    if image.shape == out.shape:
+        np.copyto(out, image)
+        return
+    result = cv2.resize(image, (out.shape[1], out.shape[0]), dst=out, interpolation=cv2.INTER_AREA)
+    if result is not out:   # cv2 re-allocates when dst does not fit: never publish an unfilled loan
+        raise ValueError(f'cannot downscale {image.shape} into {out.shape}')
+
+
 class OpenCvSource:
     """A cv2.VideoCapture over a file, a V4L2 device or a network stream."""
 

@@ -837,8 +837,17 @@ class FrameSubscription:
                 stamp_ns = msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
                 self.trace.append((path, stamp_ns, sent_ns, received_ns, taken_ns, time.monotonic_ns()))
             if self.dispatch == 'executor':
-                self.callback(msg)                           # exceptions propagate, as rclpy callbacks do
-                continue
+                try:
+                    self.callback(msg)                       # exceptions propagate, as rclpy callbacks do
+                finally:
+                    # One frame per executor turn: a consumer slower than the frame rate would otherwise
+                    # never return to the executor, starving its node's timers and services (diagnostics,
+                    # lifecycle). More waiting: trigger again, queued behind whatever else is ready now.
+                    with self._lock:
+                        more = bool(self._pending)
+                    if more:
+                        self._wake()
+                return
             try:
                 self.callback(msg)
             except Exception as err:                         # noqa: BLE001 - keep the thread serving

@@ -161,6 +161,38 @@ def test_frame_subscription_gets_each_frame_once_handed_over_directly(mode, disp
         run.close()
 
 
+def test_executor_dispatch_gives_the_executor_back_between_frames():
+    """A consumer slower than its frames (50 ms a callback, a frame every 10 ms) still lets its node's timers
+    run (diagnostics, lifecycle services): one frame per executor turn, not a loop until the queue is empty,
+    which under overload never happens. From first principles: a 20 Hz timer ticks ~20 times in the 1 s of
+    frames when it gets a turn between callbacks, 0 times when it does not."""
+    run = Composed('inproc', 'executor')
+    ticks = []
+    run.consumer.create_timer(0.05, lambda: ticks.append(time.monotonic()))
+
+    def slow_consumer(msg):
+        time.sleep(0.05)
+        with run.changed:                 # the FrameRef only: its slot may well be reused by now
+            run.received.append((msg, None, threading.current_thread()))
+            run.changed.notify_all()
+    run.frames.callback = slow_consumer
+    try:
+        start = time.monotonic()
+        for seq in range(100):
+            msg = FrameRef()
+            msg.sequence = seq
+            run.sender.send(msg, image_of(seq % 5))
+            time.sleep(0.01)
+        end = time.monotonic()
+        assert len([t for t in ticks if start <= t <= end]) >= 3, ticks
+        assert run.wait(lambda: len(run.received) >= 10)
+        sequences = [m.sequence for m, _, _ in run.received]
+        assert sequences == sorted(sequences) and len(set(sequences)) == len(sequences)   # in order, once each
+        assert run.frames.counts['overflow'] > 0                  # the rest replaced by newer ones, counted
+    finally:
+        run.close()
+
+
 @pytest.mark.parametrize('mode', ['inproc', 'shm', 'image'])
 def test_a_loan_abandoned_by_an_exception_publishes_nothing(mode):
     run = Composed(mode)

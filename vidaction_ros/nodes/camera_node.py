@@ -21,7 +21,8 @@ from ..bag_io import BagFrameSource, is_bag_path
 from ..compressed import message_to_bgr
 from ..conversions import to_time
 from ..diagnostics import DiagnosticsPublisher, RateMeter, health
-from ..frame_source import CaptureThread, CapturedFrame, OpenCvSource, SourceError, downscale, redact_url
+from ..frame_source import (CaptureThread, CapturedFrame, OpenCvSource, SourceError, downscale, downscale_into,
+                            redact_url, working_size)
 from ..image_codec import ImageFormatError
 from ..msg import Action, FrameRef, SceneUnchanged
 from ..params import Param, ParameterError
@@ -187,7 +188,10 @@ class CameraNode(ManagedNode):
 
     def _publish(self, msg: FrameRef, image) -> None:
         msg.times.published = to_time(time.time())
-        self.sender.send(msg, image)
+        if image is self.sender.loaned_view:
+            self.sender.send_loaned(msg, image)     # filled in the transport's own buffer: no copy here
+        else:
+            self.sender.send(msg, image)
         self.counts['published'] += 1
 
     def _publish_unchanged(self, frame: CapturedFrame, score: float) -> None:
@@ -212,12 +216,19 @@ class CameraNode(ManagedNode):
     def _stamp_s(self, frame: CapturedFrame) -> float:
         return frame.media_s if frame.media_s is not None else frame.captured_wall_s
 
+    def _rate_allows(self, stamp_s: float) -> bool:
+        if self.rate.ready(stamp_s):
+            return True
+        self.counts['rate_skipped'] += 1
+        return False
+
     def _offer(self, frame: CapturedFrame) -> None:
-        """Rate limit, gate, publish one captured frame (live and topic modes)."""
+        """Rate limit, gate, publish one captured frame (live mode)."""
+        if self._rate_allows(self._stamp_s(frame)):
+            self._gate_and_publish(frame)
+
+    def _gate_and_publish(self, frame: CapturedFrame) -> None:
         stamp_s = self._stamp_s(frame)
-        if not self.rate.ready(stamp_s):
-            self.counts['rate_skipped'] += 1
-            return
         result = self.gate.check(frame.image, stamp_s)
         if not result.passed:
             self.counts['gated'] += 1
@@ -279,11 +290,21 @@ class CameraNode(ManagedNode):
                 self.get_logger().warning(f"input images on '{self.p['image_topic']}' have header.stamp 0: "
                                           'stamping them with the receive time (counted as unstamped)')
             stamp_s = now
-        small = downscale(image, self.p['max_width'], self.p['max_height'])
         self.counts['captured'] += 1
-        frame = CapturedFrame(small, self.counts['captured'] - 1, stamp_s, now, (image.shape[1], image.shape[0]))
-        # A bag's stamps are the capture times: keep them (media), never the replay wall clock.
-        self._offer(frame)
+        if not self._rate_allows(stamp_s):      # before the resize: skipped frames cost no pixel work
+            return
+        # Downscale straight into the transport's buffer (the shm ring slot itself; in composed mode the
+        # array the embedder will get): the working-size frame is written once and never copied.
+        source_h, source_w = image.shape[:2]
+        width, height = working_size(source_w, source_h, self.p['max_width'], self.p['max_height'])
+        view = self.sender.loan(height, width)
+        try:
+            downscale_into(image, view)
+            # A bag's stamps are the capture times: keep them (media), never the replay wall clock.
+            frame = CapturedFrame(view, self.counts['captured'] - 1, stamp_s, now, (source_w, source_h))
+            self._gate_and_publish(frame)
+        finally:
+            self.sender.abandon(view)           # gated (or failed): the slot goes back unpublished; no-op if sent
 
     # -- lockstep ----------------------------------------------------------------------------------------
     def _downstream_ready(self) -> bool:

@@ -1,0 +1,142 @@
+"""The real camera and embedder nodes, composed in one process, move pixels without copying them.
+
+The camera subscribes to a sensor_msgs/Image topic this test publishes (real frames of the demo video at
+1280x720, twice the working size), downscales each frame straight into the transport's loan, and the embedder
+embeds that very buffer:
+- composed (inproc): the array the embedder's model gets is the array the camera loaned and filled (same
+  object, same address), handed over in-process (FrameSubscription path 'local'), not through DDS;
+- shm (both nodes in one process here): the camera downscales into the ring slot itself (its loan is a view
+  of the shared-memory mapping); the embedder takes one validated copy out of it, or with borrow_frames reads
+  the slot in place; either way the pixels are the camera's downscale of the input.
+Expected results from first principles: identity of the buffers, and cv2's INTER_AREA downscale by 2 of the
+published frame (computed here independently).
+"""
+import threading
+
+import cv2
+import numpy as np
+import pytest
+from rclpy.executors import MultiThreadedExecutor
+from rclpy.node import Node
+from rclpy.parameter import Parameter
+from sensor_msgs.msg import Image
+
+from conftest import read_frame
+from vidaction_ros import qos
+from vidaction_ros.msg import Embedding
+from vidaction_ros.nodes.camera_node import CameraNode
+from vidaction_ros.nodes.embedder_node import EmbedderNode
+
+pytestmark = pytest.mark.integration
+
+FRAMES = 4
+
+
+class Spy:
+    """Records the arrays the camera loans and the arrays the embedder's model is given (no behaviour change)."""
+
+    def __init__(self, camera: CameraNode, embedder: EmbedderNode):
+        self.loaned, self.embedded, self.lock = [], [], threading.Lock()
+        sender, backend = camera.sender, embedder.backend
+        loan, embed_images = sender.loan, backend.embed_images
+
+        def spy_loan(height, width):
+            view = loan(height, width)
+            with self.lock:
+                self.loaned.append(view)
+            return view
+
+        def spy_embed(images, regions):
+            with self.lock:
+                self.embedded.append((images[0], images[0].copy()))   # the array, and its pixels right now
+            return embed_images(images, regions)
+        sender.loan, backend.embed_images = spy_loan, spy_embed
+
+
+def run_composed(context, transport: str, embedder_params: dict | None = None):
+    overrides = {'source': 'topic', 'image_topic': 'test_image', 'transport': transport, 'rate_hz': 240.0,
+                 'gate_enabled': False, 'autostart': True}
+    camera = CameraNode('camera', context=context,
+                        parameter_overrides=[Parameter(k, value=v) for k, v in overrides.items()])
+    embedder_params = {'autostart': True, **(embedder_params or {})}
+    embedder = EmbedderNode('embedder', context=context,
+                            parameter_overrides=[Parameter(k, value=v) for k, v in embedder_params.items()])
+    assert camera.active and embedder.active
+    spy = Spy(camera, embedder)
+    observer = Node('test_observer', context=context)
+    source = observer.create_publisher(Image, 'test_image', qos.IMAGE)
+    embeddings, changed = [], threading.Condition()
+
+    def on_embedding(msg):
+        with changed:
+            embeddings.append(msg.sequence)
+            changed.notify_all()
+    observer.create_subscription(Embedding, 'embedding', on_embedding, qos.EMBEDDING)
+    executor = MultiThreadedExecutor(num_threads=3, context=context)
+    for node in (camera, embedder, observer):
+        executor.add_node(node)
+    threading.Thread(target=executor.spin, daemon=True).start()
+    inputs = []
+    try:
+        with changed:
+            assert changed.wait_for(lambda: source.get_subscription_count() > 0
+                                    and embedder.publisher.get_subscription_count() > 0, 20)
+        for index in range(FRAMES):
+            frame = read_frame(10 + 20 * index, size=(1280, 720))
+            inputs.append(frame)
+            msg = Image(height=720, width=1280, encoding='bgr8', step=1280 * 3, data=frame.tobytes())
+            msg.header.stamp = observer.get_clock().now().to_msg()
+            msg.header.frame_id = 'test'
+            count = len(embeddings)
+            source.publish(msg)
+            with changed:       # one at a time: newest-wins QoS would rightly drop frames sent faster
+                assert changed.wait_for(lambda: len(embeddings) > count, 60), f'frame {index} never embedded'
+        return spy, inputs, dict(embedder.frames.counts)
+    finally:
+        executor.shutdown()
+        for node in (camera, embedder):
+            node.close()
+            node.destroy_node()
+        observer.destroy_node()
+
+
+def expected_working_frame(frame):
+    return cv2.resize(frame, (640, 360), interpolation=cv2.INTER_AREA)
+
+
+def test_composed_camera_and_embedder_share_one_buffer(context):
+    spy, inputs, paths = run_composed(context, 'inproc')
+    assert len(spy.embedded) == FRAMES
+    for (array, pixels), source in zip(spy.embedded, inputs):
+        assert any(array is view for view in spy.loaned)          # the very array the camera filled
+        address = array.__array_interface__['data'][0]
+        assert address in {view.__array_interface__['data'][0] for view in spy.loaned}
+        assert not array.flags.writeable                          # frozen once published: nobody rewrites it
+        assert array.shape == (360, 640, 3)
+        assert np.array_equal(pixels, expected_working_frame(source))
+    assert paths['local'] == FRAMES and paths['dds'] == 0         # handed over in-process, DDS copy dropped
+
+
+@pytest.mark.parametrize('borrow', [False, True])
+def test_shm_camera_fills_the_ring_slot_and_the_embedder_reads_it(context, borrow):
+    spy, inputs, paths = run_composed(context, 'shm', {'borrow_frames': borrow})
+    assert len(spy.embedded) == FRAMES
+    for view in spy.loaned:
+        assert mapping_of(view) == 'mmap'              # the camera downscaled straight into shared memory
+    for (array, pixels), source in zip(spy.embedded, inputs):
+        if borrow:                                     # the embedder's model read the slot in place
+            assert not array.flags.owndata and not array.flags.writeable and mapping_of(array) == 'mmap'
+        else:                                          # one validated private copy
+            assert array.flags.owndata and mapping_of(array) is None
+        assert np.array_equal(pixels, expected_working_frame(source))
+    assert paths['local'] == FRAMES                    # same process: handed over directly
+
+
+def mapping_of(array):
+    """'mmap' when the array's memory belongs to a memory mapping, else None."""
+    base = array
+    while isinstance(base, np.ndarray) and base.base is not None:
+        base = base.base
+    if isinstance(base, memoryview):
+        base = base.obj
+    return 'mmap' if type(base).__name__ == 'mmap' else None
