@@ -132,3 +132,60 @@ def test_static_scene_keeps_the_decision_and_a_dead_embedder_still_trips_the_wat
         if name != 'embedder':
             assert proc.returncode == 0, f'{name} exited {proc.returncode}: ' + \
                 (tmp_path / 'nodes.log').read_text()[-3000:]
+
+
+def test_frames_nobody_took_never_become_the_gates_reference(context):
+    """A camera up before its embedder: the static scene's first frames reach nobody. The gate must not hold
+    the scene back once a subscriber appears (it would wait gate_max_skip_s, here an hour, for a decision).
+    First principles: identical pixels score 0 < threshold, so with a subscriber exactly the first of them
+    passes; without one, every one passes and is counted as unheard."""
+    import time
+    from rclpy.executors import SingleThreadedExecutor
+    from rclpy.node import Node
+    from rclpy.parameter import Parameter
+    from sensor_msgs.msg import Image
+    from vidaction_ros import qos
+    from vidaction_ros.msg import FrameRef
+    from vidaction_ros.nodes.camera_node import CameraNode
+    overrides = {'source': 'topic', 'image_topic': 'test_still', 'transport': 'inproc', 'rate_hz': 240.0,
+                 'gate_max_skip_s': 3600.0, 'autostart': True}
+    camera = CameraNode('camera', context=context,
+                        parameter_overrides=[Parameter(k, value=v) for k, v in overrides.items()])
+    test = Node('test_still_source', context=context)
+    source = test.create_publisher(Image, 'test_still', qos.IMAGE)
+    executor = SingleThreadedExecutor(context=context)
+    executor.add_node(camera)
+    executor.add_node(test)
+    threading.Thread(target=executor.spin, daemon=True).start()
+    still = read_frame(100, size=(160, 120))
+    msg = Image(height=120, width=160, encoding='bgr8', step=160 * 3, data=still.tobytes())
+
+    def show_still(expect_handled: int):
+        msg.header.stamp = test.get_clock().now().to_msg()
+        source.publish(msg)
+        deadline = time.monotonic() + 20
+        while camera.counts['published'] + camera.counts['gated'] < expect_handled:
+            assert time.monotonic() < deadline, camera.counts
+            time.sleep(0.01)
+    try:
+        deadline = time.monotonic() + 20
+        while source.get_subscription_count() == 0:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        for n in range(1, 4):
+            show_still(n)
+        assert camera.counts['published'] == 3 and camera.counts['gated'] == 0 and camera.counts['unheard'] == 3
+        received = []
+        test.create_subscription(FrameRef, 'camera/frame', received.append, qos.FRAME)
+        deadline = time.monotonic() + 20
+        while camera.sender.publisher.get_subscription_count() == 0:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        for n in range(4, 7):
+            show_still(n)
+        assert camera.counts['published'] == 4 and camera.counts['gated'] == 2 and camera.counts['unheard'] == 3
+    finally:
+        executor.shutdown()
+        camera.close()
+        camera.destroy_node()
+        test.destroy_node()

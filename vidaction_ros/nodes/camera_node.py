@@ -239,6 +239,12 @@ class CameraNode(ManagedNode):
         msg.scene_change = result.score if result.score != float('inf') else -1.0
         msg.keyframe = result.keyframe
         self._publish(msg, frame.image)
+        if self.sender.publisher.get_subscription_count() == 0:
+            # Nobody took that frame (a camera up before its embedder): it must not become the gate's
+            # reference, or a static scene would be held back from the embedder, never decided, until
+            # gate_max_skip_s. The next frame passes as a first frame again.
+            self.gate.reset()
+            self.counts['unheard'] = self.counts.get('unheard', 0) + 1
 
     # -- live --------------------------------------------------------------------------------------------
     def _live_loop(self) -> None:
