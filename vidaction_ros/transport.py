@@ -57,7 +57,7 @@ from .msg import FrameRef
 from .shm_doorbell import DoorbellReader, DoorbellUnavailable, DoorbellWriter
 from .shm_ring import ShmRingReader, ShmRingWriter, WriterGone, reclaim_stale, ring_name, segment_path
 
-MODES = ('inproc', 'shm', 'image')
+MODES = ('inproc', 'shm', 'image', 'cuda')
 DEFAULT_MAX_FRAME = (1920, 1080)   # (width, height) a shm slot holds when the caller does not say
 _store_ids = itertools.count()
 DISPATCH = ('thread', 'executor', 'inline')
@@ -257,12 +257,18 @@ class FrameSender:
         for are published at once either way (in order with any still waiting)."""
         if mode not in MODES:
             raise ValueError(f'unknown transport {mode!r}; choose one of {MODES}')
+        if mode == 'cuda':
+            from . import cuda_ipc
+            if not cuda_ipc.available():     # before any entity is created: nothing to clean up
+                raise RuntimeError('transport cuda needs torch with a CUDA device in the camera process; this '
+                                   'one has none (use transport shm)')
         self.mode = mode
         self.node = node
         self.publisher = node.create_publisher(FrameRef, topic, qos_profile or qos.frame_qos(lockstep))
         self.interop = node.create_publisher(Image, interop_topic, qos.IMAGE) if interop_topic else None
         self.store = None
         self.ring = None
+        self.cuda = None
         self.bell: DoorbellWriter | None = None
         self.doorbell = doorbell and doorbell_enabled()
         self._context = node.context
@@ -290,6 +296,20 @@ class FrameSender:
                                        f'{owner.pid if owner else "?"}')
             self.ring = ShmRingWriter(f'{prefix}{os.getpid()}_{next(_store_ids)}', slots=slots,
                                       slot_bytes=width * height * 3)
+        elif mode == 'cuda':
+            # Device buffers shared by CUDA IPC behind a small shared-memory control ring (cuda_frames): the
+            # same names, reclaiming and doorbell as shm; RuntimeError here (camera configure fails with the
+            # reason) when this process has no CUDA.
+            from .cuda_frames import CudaFrameWriter
+            width, height = max_frame
+            prefix = ring_name('vidaction_cuda', node.get_fully_qualified_name()) + '_'
+            for name, owner in reclaim_stale(prefix):
+                node.get_logger().info(f'removed stale CUDA frame ring {name} of dead writer PID '
+                                       f'{owner.pid if owner else "?"}')
+            self.cuda = CudaFrameWriter(f'{prefix}{os.getpid()}_{next(_store_ids)}', slots=min(slots, 4),
+                                        max_bytes=width * height * 3)
+            self.ring = self.cuda.ring
+        if mode in ('shm', 'cuda'):
             if self.doorbell:
                 try:
                     self.bell = DoorbellWriter()
@@ -316,6 +336,9 @@ class FrameSender:
                 raise ValueError(f'shm transport sends bgr8 HxWx3 frames, got shape {image.shape}')
             msg.store = self.ring.name
             msg.slot, msg.generation = self.ring.write(image)
+        elif self.mode == 'cuda':
+            msg.store = self.cuda.name
+            msg.slot, msg.generation = self.cuda.write(image)     # host frame up once, or device to device
         else:
             msg.image = bgr_to_image(image, msg.header.stamp, msg.header.frame_id)
         self._publish(msg, image)
@@ -327,7 +350,8 @@ class FrameSender:
         shm: a view of the next ring slot itself, whose write has begun (readers of that slot are told it is
         gone until send_loaned commits it): fill it completely, and do not touch it after send_loaned (it is
         made read-only). cv2.resize(src, (width, height), dst=view) writes into it; check the result `is view`.
-        inproc / image: a fresh array (the composed consumer gets that very array). One loan at a time: a
+        inproc / image / cuda: a fresh host array (the composed consumer gets that very array; cuda uploads it
+        at send_loaned: a host-side camera fills host memory either way). One loan at a time: a
         new loan abandons an outstanding one."""
         height, width = int(height), int(width)
         self.abandon()
@@ -369,6 +393,9 @@ class FrameSender:
             if self.mode == 'inproc':
                 msg.store = self.store.name
                 msg.slot, msg.generation = self.store.put(view)
+            elif self.mode == 'cuda':
+                msg.store = self.cuda.name
+                msg.slot, msg.generation = self.cuda.write(view)
             else:
                 msg.image = bgr_to_image(view, msg.header.stamp, msg.header.frame_id)
         self._publish(msg, view)
@@ -489,23 +516,27 @@ class FrameSender:
         self.flush()
         if self.bell is not None:
             self.bell.close()
-        if self.ring is not None:
+        if self.cuda is not None:
+            self.cuda.close()               # its control ring too
+        elif self.ring is not None:
             self.ring.close()
         self._loan = None
 
 
 # Readers of shm rings, opened on first use and cached per process (attaching maps the segment: ~50 us).
 _READERS: dict[str, ShmRingReader] = {}
+_CUDA_READERS: dict = {}          # name -> cuda_frames.CudaFrameReader
 _READERS_LOCK = threading.Lock()
 
 
-def _ring_reader(name: str, verify: bool = False) -> ShmRingReader:
+def _ring_reader(name: str, verify: bool = False, cuda: bool = False):
     """The cached reader of a ring, reopened when the name now denotes a new segment (camera restarted and
     reclaimed it): comparing inodes costs one stat() and keeps us from reading a dead ring's old frames.
     While the cached ring is open its name cannot denote another segment (a writer only takes over a name
     whose writer closed it or died), so the stat is skipped then, unless verify (after a WriterGone)."""
+    readers = _CUDA_READERS if cuda else _READERS
     if not verify:
-        reader = _READERS.get(name)
+        reader = readers.get(name)
         if reader is not None and reader.is_open():
             return reader
     try:
@@ -513,20 +544,27 @@ def _ring_reader(name: str, verify: bool = False) -> ShmRingReader:
     except FileNotFoundError:
         inode = None
     with _READERS_LOCK:
-        reader = _READERS.get(name)
+        reader = readers.get(name)
         if reader is not None and reader.inode == inode:
             return reader
         if reader is not None:
-            del _READERS[name]
+            del readers[name]
             reader.close()
         try:
-            reader = ShmRingReader(name)     # WriterGone (a FrameLost) when the ring is gone
+            if cuda:
+                from .cuda_frames import CudaFrameReader
+                try:
+                    reader = CudaFrameReader(name)
+                except RuntimeError as err:  # no torch / no CUDA in this process
+                    raise FrameLost(f'CUDA frame ring {name!r}: {err}') from None
+            else:
+                reader = ShmRingReader(name)     # WriterGone (a FrameLost) when the ring is gone
         except PermissionError as err:       # 0600: another user's camera
             raise FrameLost(f'shared-memory ring {name!r} is not readable by this user ({err}); run the camera '
                             f'and its consumers as the same user') from None
         except OSError as err:
             raise FrameLost(f'shared-memory ring {name!r} cannot be opened: {err}') from None
-        _READERS[name] = reader
+        readers[name] = reader
         return reader
 
 
@@ -549,7 +587,8 @@ def _resolve_shm(msg: FrameRef) -> np.ndarray:
 
 def resolve(msg: FrameRef) -> np.ndarray:
     """The bgr8 pixels a FrameRef points to. Raises FrameLost or ImageFormatError with the reason.
-    inproc: the camera's very array (read-only by convention); shm: a private copy; image: decoded."""
+    inproc: the camera's very array (read-only by convention); shm: a private copy; image: decoded;
+    cuda: a private copy on the GPU (a torch tensor; never through the host)."""
     if msg.transport == FrameRef.TRANSPORT_INPROC:
         frame = find_store(msg.store).get(msg.slot, msg.generation)
         return frame
@@ -557,7 +596,18 @@ def resolve(msg: FrameRef) -> np.ndarray:
         return _resolve_shm(msg)
     if msg.transport == FrameRef.TRANSPORT_IMAGE:
         return image_to_bgr(msg.image)
+    if msg.transport == FrameRef.TRANSPORT_CUDA:
+        with borrow(msg) as frame:
+            return frame.clone()                       # device to device; borrow synchronises and validates
     raise FrameLost(f'unsupported transport {msg.transport!r} in FrameRef (this build supports {MODES})')
+
+
+def host_array(frame) -> np.ndarray:
+    """A frame as a host numpy array: a cuda-transport torch tensor is copied down (for consumers that run on
+    the CPU); numpy arrays are returned as they are."""
+    if isinstance(frame, np.ndarray):
+        return frame
+    return frame.detach().cpu().numpy()
 
 
 @contextmanager
@@ -569,8 +619,19 @@ def borrow(msg: FrameRef):
         # reaching here means image was intact all along; FrameLost from the with-statement means the
         # camera overwrote the slot meanwhile, and whatever was computed from it must be discarded.
 
-    shm: a read-only view of the ring slot, validated when the block ends; inproc and image: as resolve().
+    shm: a read-only view of the ring slot, validated when the block ends; cuda: the device buffer in place
+    (a torch tensor; the block's GPU work is waited for before the check); inproc and image: as resolve().
     Never keep the array past the block."""
+    if msg.transport == FrameRef.TRANSPORT_CUDA:
+        reader = _ring_reader(msg.store, cuda=True)
+        if not reader.writer_alive():
+            reader = _ring_reader(msg.store, verify=True, cuda=True)
+        with reader.view(msg.slot, msg.generation) as frame:
+            if tuple(frame.shape) != (msg.height, msg.width, 3):
+                raise FrameLost(f'CUDA frame ring {msg.store!r}: slot {msg.slot} holds a {tuple(frame.shape)} '
+                                f'frame but the FrameRef says {msg.height}x{msg.width}x3')
+            yield frame
+        return
     if msg.transport != FrameRef.TRANSPORT_SHM:
         yield resolve(msg)
         return

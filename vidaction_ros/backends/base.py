@@ -57,6 +57,9 @@ class EmbeddingBackend(abc.ABC):
     model_id: str = ''
     device: str = 'cpu'
     dim: int = 0
+    # True when embed_images also takes HxWx3 uint8 torch tensors (a frame already on the GPU, from the cuda
+    # transport, used in place); otherwise a caller hands such a frame over as a host numpy array.
+    accepts_tensors: bool = False
 
     @abc.abstractmethod
     def activate(self) -> None:

@@ -42,6 +42,7 @@ def features(output):
 class ClipTorchBackend(JointEmbeddingBackend):
     name = 'clip_hf'
     default_device = 'cpu'
+    accepts_tensors = True          # CUDA frames (cuda transport) are preprocessed in place on the device
 
     def __init__(self, model_path: str = '', device: str = '', precision: str = '', threads: int = 1,
                  load_images: bool = True, logger=None, cuda_graph: bool = True,

@@ -18,7 +18,7 @@ from ..msg import Embedding, FrameRef, RegionEmbedding
 from ..params import Param
 from ..paths import resolve_policy_file
 from ..stats import LatencyWindow
-from ..transport import FrameSubscription, borrow, resolve
+from ..transport import FrameSubscription, borrow, host_array, resolve
 from .lifecycle import ManagedNode
 from .runtime import main_for
 
@@ -121,12 +121,12 @@ class EmbedderNode(ManagedNode):
                 # The ring slot itself, checked intact when the block ends: a slot the camera overwrote
                 # meanwhile raises FrameLost and the result is dropped (the embedding time is lost with it).
                 with borrow(ref) as image:
-                    result = self.backend.embed_images([image], self.regions)[0]
+                    result = self.backend.embed_images([self._for_backend(image)], self.regions)[0]
             else:
                 # Composed: the camera's very array (no copy). shm: one validated copy out of the ring, so no
                 # embedding is wasted on a frame overwritten under it (a 90 fps camera and an 8-slot ring
                 # reuse a slot every 89 ms, within a CPU embedding).
-                result = self.backend.embed_images([resolve(ref)], self.regions)[0]
+                result = self.backend.embed_images([self._for_backend(resolve(ref))], self.regions)[0]
         except FrameLost as err:
             self.counts['lost'] += 1
             self.get_logger().warning(f'frame {ref.sequence} lost: {err}', throttle_duration_sec=5.0)
@@ -155,6 +155,10 @@ class EmbedderNode(ManagedNode):
         self.publisher.publish(msg)
         self.counts['embedded'] += 1
         self.latency.add(ms_between(times.embed_start, times.embed_end))
+
+    def _for_backend(self, image):
+        # cuda transport: torch backends take the GPU frame in place; the others get it on the host.
+        return image if self.backend.accepts_tensors else host_array(image)
 
     def _diagnostics(self):
         backend = self.backend

@@ -34,7 +34,7 @@ from ..msg import Action, Escalation, FrameRef
 from ..params import Param, ParameterError
 from ..paths import resolve_policy_file
 from ..stats import LatencyWindow
-from ..transport import resolve
+from ..transport import host_array, resolve
 from .lifecycle import ManagedNode
 from .runtime import main_for
 
@@ -188,7 +188,8 @@ class EscalationNode(ManagedNode):
             return
         started = time.perf_counter()
         try:
-            image = resolve(ref)     # shm: a private copy; inproc: the camera's array (never written again)
+            # shm: a private copy; inproc: the camera's array (never written again); cuda: copied to the host
+            image = host_array(resolve(ref))
         except (FrameLost, ImageFormatError) as err:
             self.lost += 1
             self.get_logger().warning(f'frame {ref.sequence} lost: {err}', throttle_duration_sec=5.0)
