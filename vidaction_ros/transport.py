@@ -241,6 +241,15 @@ def _local_subscribers(context, topic: str) -> list['FrameSubscription']:
         return live
 
 
+def _fresh_ring_name(node, kind: str, what: str) -> str:
+    """A ring name unique on this machine (kind + node name + pid + counter), after removing the rings of
+    this node's crashed predecessors (same prefix, dead writer pid; shm_ring checks the recorded writer)."""
+    prefix = ring_name(kind, node.get_fully_qualified_name()) + '_'
+    for name, owner in reclaim_stale(prefix):
+        node.get_logger().info(f'removed stale {what} {name} of dead writer PID {owner.pid if owner else "?"}')
+    return f'{prefix}{os.getpid()}_{next(_store_ids)}'
+
+
 class FrameSender:
     def __init__(self, node, mode: str, topic: str = 'camera/frame', lockstep: bool = False,
                  interop_topic: str = '', slots: int = 8, max_frame: tuple[int, int] = DEFAULT_MAX_FRAME,
@@ -290,11 +299,7 @@ class FrameSender:
             # start of a crashed camera reclaim its segment (shm_ring checks the recorded writer is dead).
             # A crashed predecessor (another pid, so another name) is swept by prefix first.
             width, height = max_frame
-            prefix = ring_name('vidaction', node.get_fully_qualified_name()) + '_'
-            for name, owner in reclaim_stale(prefix):
-                node.get_logger().info(f'removed stale shared-memory ring {name} of dead writer PID '
-                                       f'{owner.pid if owner else "?"}')
-            self.ring = ShmRingWriter(f'{prefix}{os.getpid()}_{next(_store_ids)}', slots=slots,
+            self.ring = ShmRingWriter(_fresh_ring_name(node, 'vidaction', 'shared-memory ring'), slots=slots,
                                       slot_bytes=width * height * 3)
         elif mode == 'cuda':
             # Device buffers shared by CUDA IPC behind a small shared-memory control ring (cuda_frames): the
@@ -302,12 +307,8 @@ class FrameSender:
             # reason) when this process has no CUDA.
             from .cuda_frames import CudaFrameWriter
             width, height = max_frame
-            prefix = ring_name('vidaction_cuda', node.get_fully_qualified_name()) + '_'
-            for name, owner in reclaim_stale(prefix):
-                node.get_logger().info(f'removed stale CUDA frame ring {name} of dead writer PID '
-                                       f'{owner.pid if owner else "?"}')
-            self.cuda = CudaFrameWriter(f'{prefix}{os.getpid()}_{next(_store_ids)}', slots=min(slots, 4),
-                                        max_bytes=width * height * 3)
+            self.cuda = CudaFrameWriter(_fresh_ring_name(node, 'vidaction_cuda', 'CUDA frame ring'),
+                                        slots=min(slots, 4), max_bytes=width * height * 3)
             self.ring = self.cuda.ring
         if mode in ('shm', 'cuda'):
             if self.doorbell:
