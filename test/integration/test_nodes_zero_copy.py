@@ -37,6 +37,8 @@ class Spy:
 
     def __init__(self, camera: CameraNode, embedder: EmbedderNode):
         self.loaned, self.embedded, self.lock = [], [], threading.Lock()
+        self.threads = []               # (embedding thread, the thread that loaned the frame last)
+        self._loaning_thread = None
         sender, backend = camera.sender, embedder.backend
         loan, embed_images = sender.loan, backend.embed_images
 
@@ -44,11 +46,13 @@ class Spy:
             view = loan(height, width)
             with self.lock:
                 self.loaned.append(view)
+                self._loaning_thread = threading.get_ident()
             return view
 
         def spy_embed(images, regions):
             with self.lock:
                 self.embedded.append((images[0], images[0].copy()))   # the array, and its pixels right now
+                self.threads.append((threading.get_ident(), self._loaning_thread))
             return embed_images(images, regions)
         sender.loan, backend.embed_images = spy_loan, spy_embed
 
@@ -104,8 +108,9 @@ def expected_working_frame(frame):
     return cv2.resize(frame, (640, 360), interpolation=cv2.INTER_AREA)
 
 
-def test_composed_camera_and_embedder_share_one_buffer(context):
-    spy, inputs, paths = run_composed(context, 'inproc')
+@pytest.mark.parametrize('dispatch', ['thread', 'inline'])
+def test_composed_camera_and_embedder_share_one_buffer(context, dispatch):
+    spy, inputs, paths = run_composed(context, 'inproc', {'frame_dispatch': dispatch})
     assert len(spy.embedded) == FRAMES
     for (array, pixels), source in zip(spy.embedded, inputs):
         assert any(array is view for view in spy.loaned)          # the very array the camera filled
@@ -115,6 +120,11 @@ def test_composed_camera_and_embedder_share_one_buffer(context):
         assert array.shape == (360, 640, 3)
         assert np.array_equal(pixels, expected_working_frame(source))
     assert paths['local'] == FRAMES and paths['dds'] == 0         # handed over in-process, DDS copy dropped
+    threads = {thread for thread, _ in spy.threads}
+    if dispatch == 'inline':                                      # embedded on the camera's own thread
+        assert all(thread == camera_thread for thread, camera_thread in spy.threads)
+    else:
+        assert not any(thread == camera_thread for thread, camera_thread in spy.threads) and len(threads) == 1
 
 
 @pytest.mark.parametrize('borrow', [False, True])

@@ -18,7 +18,7 @@ from ..msg import Embedding, FrameRef, RegionEmbedding
 from ..params import Param
 from ..paths import resolve_policy_file
 from ..stats import LatencyWindow
-from ..transport import FrameSubscription, borrow, host_array, resolve
+from ..transport import DISPATCH, FrameSubscription, borrow, host_array, resolve
 from .lifecycle import ManagedNode
 from .runtime import main_for
 
@@ -48,6 +48,10 @@ PARAMS = BACKEND_PARAMS + [
           'frame the camera overwrote meanwhile is discarded (lost). Pays off when embedding is much shorter '
           'than ring slots x frame period (GPU backends); the copy (~0.1 ms at 640x480) wastes no embedding '
           'under overload. Composed mode is by reference either way'),
+    Param('frame_dispatch', 'thread', 'where the frame callback runs: thread (its own, at once), inline (composed '
+          'mode: on the camera\'s publishing thread, the lowest latency; the camera waits for the embedding, '
+          'its capture stays newest-wins) or executor (this node\'s executor, ~0.4 ms later)',
+          choices=DISPATCH),
     Param('lockstep', False, 'reliable deep frame queue (deterministic replay) instead of newest-wins'),
 ]
 
@@ -91,12 +95,13 @@ class EmbedderNode(ManagedNode):
         self.publisher = self.own(self.create_publisher(Embedding, 'embedding', qos.EMBEDDING))
         # Frames from a camera in this process are handed over directly, from a camera in another process by
         # its shared-memory ring's doorbell, else by the FrameRef on DDS (whichever comes first, once each).
-        # 'thread' dispatch: the callback runs on the subscription's own thread as soon as the frame is there
-        # (through the executor's guard condition costs ~0.4 ms more per frame on 2 cores: bench/transport.py
-        # --dispatch executor); this node's executor keeps only timers and lifecycle services, and cleanup()
-        # destroys the subscription, waiting for a running callback, before it releases the backend.
+        # Default 'thread' dispatch: the callback runs on the subscription's own thread as soon as the frame is
+        # there (through the executor's guard condition costs ~0.4 ms more per frame on 2 cores:
+        # bench/transport.py --dispatch executor); this node's executor keeps only timers and lifecycle
+        # services, and cleanup() destroys the subscription, waiting for a running callback, before it
+        # releases the backend.
         self.frames = FrameSubscription(self, 'camera/frame', self._on_frame, qos.frame_qos(self.p['lockstep']),
-                                        dispatch='thread')
+                                        dispatch=self.p['frame_dispatch'])
 
     def cleanup(self) -> None:
         if self.frames is not None:
