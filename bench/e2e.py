@@ -25,6 +25,7 @@ def main(argv=None) -> int:
     parser.add_argument('--frames', type=int, default=300, help='frames to publish (0 = whole video)')
     parser.add_argument('--json', default='', help='write the results here')
     args = parser.parse_args(argv)
+    demo.require_composed(parser, args)
     args.set = list(args.set) + [f'camera.max_frames={args.frames}']
     printer = demo.ActionPrinter(changes_only=True, out=io.StringIO())
     camera, embedder = demo.run(args, printer, timeout=1200)

@@ -122,11 +122,19 @@ def run(args, printer: ActionPrinter, timeout: float) -> tuple[dict, dict]:
         rclpy.try_shutdown()
 
 
+def require_composed(parser, args) -> None:
+    """The demo (and bench/e2e.py) runs the nodes in this process, where it times and prints their Actions."""
+    if args.mode != 'composed':
+        parser.error(f'--mode {args.mode}: this runs the pipeline composed, in one process; for separate '
+                     f'processes use vidaction_pipeline --mode processes (or bench/soak.py, which times them)')
+
+
 def main(argv=None) -> int:
     parser = pipeline.build_parser('vidaction_demo')
     parser.add_argument('--changes-only', action='store_true', help='print only Actions that change the action')
     parser.add_argument('--timeout', type=float, default=600.0, help='give up after this many seconds')
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    require_composed(parser, args)
     printer = ActionPrinter(args.changes_only)
     sys.stdout.write('loading the model and starting the pipeline...\n')
     try:

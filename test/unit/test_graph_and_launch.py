@@ -115,3 +115,10 @@ def test_launch_files_load_with_ros2_launch_when_available():
         description = PythonLaunchDescriptionSource(str(LAUNCH_DIR / name)).get_launch_description(
             launch.LaunchContext())
         assert description.entities
+
+
+def test_demo_and_e2e_bench_refuse_a_mode_they_would_ignore(capsys):
+    from vidaction_ros import demo
+    with pytest.raises(SystemExit) as exit_info:
+        demo.main(['--mode', 'processes'])
+    assert exit_info.value.code == 2 and 'vidaction_pipeline --mode processes' in capsys.readouterr().err
