@@ -28,32 +28,11 @@ import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'))   # the pure cores, no install
 
-VIDEO = '/usr/share/doc/opencv-doc/examples/data/vtest.avi'
 MODES = ('shm_upload', 'cuda')
 
 
 def percentile(values, q):
     return float(np.percentile(np.asarray(values, dtype=np.float64), q)) if values else float('nan')
-
-
-def load_frames(width: int, height: int, count: int = 30) -> list[np.ndarray]:
-    try:
-        import cv2
-        cap = cv2.VideoCapture(VIDEO)
-        frames = []
-        while len(frames) < count:
-            ok, frame = cap.read()
-            if not ok:
-                break
-            frames.append(cv2.resize(frame, (width, height), interpolation=cv2.INTER_AREA))
-        cap.release()
-        if frames:
-            return frames
-    except ImportError:
-        pass
-    ramp = (np.arange(width, dtype=np.uint32)[None, :, None] + np.arange(height, dtype=np.uint32)[:, None, None])
-    return [np.ascontiguousarray(np.broadcast_to((ramp + i) % 256, (height, width, 3)).astype(np.uint8))
-            for i in range(count)]
 
 
 # -- consumer (child process) ---------------------------------------------------------------------------------
@@ -98,7 +77,8 @@ def consume(mode: str, name: str) -> int:
 
 # -- producer -------------------------------------------------------------------------------------------------
 def run_mode(mode: str, width: int, height: int, frames: int, rate: float) -> dict:
-    images = load_frames(width, height)
+    from vidaction_ros.frame_source import demo_frames
+    images = demo_frames(width, height, synthetic_if_missing=True)
     name = f'vidaction_bench_{mode}_{os.getpid()}_{width}'
     if mode == 'cuda':
         from vidaction_ros.cuda_frames import CudaFrameWriter

@@ -68,12 +68,12 @@ from rclpy.qos import ReliabilityPolicy  # noqa: E402
 from sensor_msgs.msg import Image  # noqa: E402
 
 from vidaction_ros import qos  # noqa: E402
+from vidaction_ros.frame_source import demo_frames  # noqa: E402
 from vidaction_ros.conversions import bgr_to_image, image_to_bgr  # noqa: E402
 from vidaction_ros.frame_store import FrameLost  # noqa: E402
 from vidaction_ros.msg import FrameRef  # noqa: E402
 from vidaction_ros.transport import FrameSender, FrameSubscription, borrow, resolve  # noqa: E402
 
-VIDEO = '/usr/share/doc/opencv-doc/examples/data/vtest.avi'
 LABELS = {'image': 'sensor_msgs/Image (rclpy)', 'shm': 'shm ring, resolve (copy out)',
           'shm_view': 'shm ring, borrow (view)',
           'shm_loan_bell': 'shm loan+doorbell, resolve', 'shm_loan_bell_view': 'shm loan+doorbell, borrow',
@@ -253,22 +253,6 @@ class Child:
 
 
 # -- producer ---------------------------------------------------------------------------------------------
-def load_frames(width: int, height: int, count: int = 30) -> list[np.ndarray]:
-    import cv2
-    cap = cv2.VideoCapture(VIDEO)
-    frames = []
-    while len(frames) < count:
-        ok, frame = cap.read()
-        if not ok:
-            break
-        interp = cv2.INTER_AREA if width < frame.shape[1] else cv2.INTER_LINEAR
-        frames.append(np.ascontiguousarray(cv2.resize(frame, (width, height), interpolation=interp)))
-    cap.release()
-    if not frames:
-        raise SystemExit(f'cannot read the demo video {VIDEO} (apt-get install opencv-doc)')
-    return frames
-
-
 def make_send(node: Node, mode: str, width: int, height: int, qos_name: str, fill_ms: list):
     """A function (frame, frame_id) that hands one frame to the transport (stamped with the hand-off time),
     a subscriber count, and a close."""
@@ -442,7 +426,7 @@ def main(argv=None) -> int:
     results = []
     for size in args.sizes.split(','):
         width, height = (int(v) for v in size.lower().split('x'))
-        frames = load_frames(width, height)
+        frames = demo_frames(width, height)
         for mode in modes:
             print(f'[bench] {mode} {width}x{height}: {args.frames} frames at {args.rate} Hz ...',
                   file=sys.stderr, flush=True)

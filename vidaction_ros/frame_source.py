@@ -69,6 +69,35 @@ def downscale(image: np.ndarray, max_width: int, max_height: int) -> np.ndarray:
     return cv2.resize(image, size, interpolation=cv2.INTER_AREA)
 
 
+DEMO_VIDEO = '/usr/share/doc/opencv-doc/examples/data/vtest.avi'   # the bundled demo video (Debian opencv-doc)
+
+
+def demo_frames(width: int, height: int, count: int = 30, synthetic_if_missing: bool = False) -> list[np.ndarray]:
+    """The first `count` frames of the demo video scaled to width x height, C-contiguous bgr8 (benches).
+    synthetic_if_missing: moving gradients instead when OpenCV or the video is missing (a GPU machine without
+    either); otherwise SystemExit saying what to install."""
+    frames = []
+    try:
+        import cv2
+        cap = cv2.VideoCapture(DEMO_VIDEO)
+        while len(frames) < count:
+            ok, frame = cap.read()
+            if not ok:
+                break
+            interp = cv2.INTER_AREA if width < frame.shape[1] else cv2.INTER_LINEAR
+            frames.append(np.ascontiguousarray(cv2.resize(frame, (width, height), interpolation=interp)))
+        cap.release()
+    except ImportError:
+        pass
+    if frames:
+        return frames
+    if not synthetic_if_missing:
+        raise SystemExit(f'cannot read the demo video {DEMO_VIDEO} (apt-get install opencv-doc)')
+    ramp = np.arange(width, dtype=np.uint32)[None, :, None] + np.arange(height, dtype=np.uint32)[:, None, None]
+    return [np.ascontiguousarray(np.broadcast_to((ramp + i) % 256, (height, width, 3)).astype(np.uint8))
+            for i in range(count)]
+
+
 def downscale_into(image: np.ndarray, out: np.ndarray) -> None:
     """downscale() into a preallocated bgr8 array (a transport loan) whose shape is working_size's."""
     import cv2

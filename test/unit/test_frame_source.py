@@ -86,3 +86,16 @@ def test_unreachable_stream_reconnects_with_backoff_and_logs_once_per_state():
     capture.stop()
     assert capture.reconnects >= 3
     assert states == ['reconnecting']          # one state change, however many attempts
+
+
+def test_demo_frames_for_benches_scale_the_video_or_say_what_is_missing(monkeypatch, video_path):
+    from vidaction_ros import frame_source
+    frames = frame_source.demo_frames(64, 48, count=3)
+    assert len(frames) == 3 and all(f.shape == (48, 64, 3) and f.flags.c_contiguous for f in frames)
+    assert not np.array_equal(frames[0], frames[2])                  # real, moving video frames
+    monkeypatch.setattr(frame_source, 'DEMO_VIDEO', '/nonexistent/vtest.avi')
+    with pytest.raises(SystemExit, match='opencv-doc'):
+        frame_source.demo_frames(64, 48)
+    synthetic = frame_source.demo_frames(64, 48, count=2, synthetic_if_missing=True)
+    assert [f.shape for f in synthetic] == [(48, 64, 3)] * 2 and synthetic[0].dtype == np.uint8
+    assert int(synthetic[1][0, 0, 0]) == 1 and int(synthetic[0][47, 63, 0]) == (47 + 63) % 256   # the gradient

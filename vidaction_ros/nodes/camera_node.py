@@ -21,8 +21,8 @@ from ..bag_io import BagFrameSource, is_bag_path
 from ..compressed import message_to_bgr
 from ..conversions import to_time
 from ..diagnostics import DiagnosticsPublisher, RateMeter, health
-from ..frame_source import (CaptureThread, CapturedFrame, OpenCvSource, SourceError, downscale, downscale_into,
-                            redact_url, working_size)
+from ..frame_source import (DEMO_VIDEO, CaptureThread, CapturedFrame, OpenCvSource, SourceError, downscale,
+                            downscale_into, redact_url, working_size)
 from ..image_codec import ImageFormatError
 from ..msg import Action, FrameRef, SceneUnchanged
 from ..params import Param, ParameterError
@@ -32,7 +32,7 @@ from ..transport import MODES, FrameSender
 from .lifecycle import ManagedNode
 from .runtime import main_for
 
-DEFAULT_VIDEO = '/usr/share/doc/opencv-doc/examples/data/vtest.avi'
+DEFAULT_VIDEO = DEMO_VIDEO
 
 PARAMS = [
     Param('source', DEFAULT_VIDEO, 'video file path, V4L2 device (/dev/video0 or 0), rtsp:// or http:// URL, '
