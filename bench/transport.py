@@ -418,7 +418,10 @@ def main(argv=None) -> int:
     parser.add_argument('--consume', default='', help=argparse.SUPPRESS)   # internal: the consumer process
     args = parser.parse_args(argv)
     if args.consume:
-        return consume(args.consume, args.qos, args.dispatch)
+        # Everything is released by then; ending here keeps rclpy's C++ teardown at interpreter exit from
+        # aborting the child ("terminate called without an active exception"; see runtime.exit_process).
+        from vidaction_ros.nodes.runtime import exit_process
+        exit_process(consume(args.consume, args.qos, args.dispatch))
     modes = [m for m in args.modes.split(',') if m]
     unknown = set(modes) - set(LABELS)
     if unknown:
