@@ -329,21 +329,27 @@ class FrameSender:
         msg.transport = self.mode
         msg.height, msg.width = int(image.shape[0]), int(image.shape[1])
         msg.encoding = 'bgr8'
-        if self.mode == 'inproc':
-            msg.store = self.store.name
-            msg.slot, msg.generation = self.store.put(image)
-        elif self.mode == 'shm':
+        if self.mode == 'shm':
             if image.ndim != 3 or image.shape[2] != 3:
                 raise ValueError(f'shm transport sends bgr8 HxWx3 frames, got shape {image.shape}')
             msg.store = self.ring.name
             msg.slot, msg.generation = self.ring.write(image)
+        else:
+            self._place(msg, image)
+        self._publish(msg, image)
+        return msg
+
+    def _place(self, msg: FrameRef, image) -> None:
+        """Put a whole frame where the inproc / cuda / image modes keep it and say where in msg (shm copies
+        into its ring, or commits a loan, instead)."""
+        if self.mode == 'inproc':
+            msg.store = self.store.name
+            msg.slot, msg.generation = self.store.put(image)
         elif self.mode == 'cuda':
             msg.store = self.cuda.name
             msg.slot, msg.generation = self.cuda.write(image)     # host frame up once, or device to device
         else:
             msg.image = bgr_to_image(image, msg.header.stamp, msg.header.frame_id)
-        self._publish(msg, image)
-        return msg
 
     # -- loaned send: the producer fills the transport's own buffer ------------------------------------------
     def loan(self, height: int, width: int) -> np.ndarray:
@@ -391,14 +397,7 @@ class FrameSender:
         else:
             self._loan = None
             view.flags.writeable = False
-            if self.mode == 'inproc':
-                msg.store = self.store.name
-                msg.slot, msg.generation = self.store.put(view)
-            elif self.mode == 'cuda':
-                msg.store = self.cuda.name
-                msg.slot, msg.generation = self.cuda.write(view)
-            else:
-                msg.image = bgr_to_image(view, msg.header.stamp, msg.header.frame_id)
+            self._place(msg, view)
         self._publish(msg, view)
         return msg
 
@@ -623,28 +622,20 @@ def borrow(msg: FrameRef):
     shm: a read-only view of the ring slot, validated when the block ends; cuda: the device buffer in place
     (a torch tensor; the block's GPU work is waited for before the check); inproc and image: as resolve().
     Never keep the array past the block."""
-    if msg.transport == FrameRef.TRANSPORT_CUDA:
-        reader = _ring_reader(msg.store, cuda=True)
-        if not reader.writer_alive():
-            reader = _ring_reader(msg.store, verify=True, cuda=True)
-        with reader.view(msg.slot, msg.generation) as frame:
-            if tuple(frame.shape) != (msg.height, msg.width, 3):
-                raise FrameLost(f'CUDA frame ring {msg.store!r}: slot {msg.slot} holds a {tuple(frame.shape)} '
-                                f'frame but the FrameRef says {msg.height}x{msg.width}x3')
-            yield frame
-        return
-    if msg.transport != FrameRef.TRANSPORT_SHM:
+    cuda = msg.transport == FrameRef.TRANSPORT_CUDA
+    if not cuda and msg.transport != FrameRef.TRANSPORT_SHM:
         yield resolve(msg)
         return
     if msg.encoding != 'bgr8':
-        raise FrameLost(f'shm FrameRef with encoding {msg.encoding!r}; this build writes bgr8 only')
-    reader = _ring_reader(msg.store)
+        raise FrameLost(f'{msg.transport} FrameRef with encoding {msg.encoding!r}; this build writes bgr8 only')
+    reader = _ring_reader(msg.store, cuda=cuda)
     if not reader.writer_alive():
-        reader = _ring_reader(msg.store, verify=True)   # a crashed camera's successor may own the name now
+        reader = _ring_reader(msg.store, verify=True, cuda=cuda)   # a crashed camera's successor may own it now
     with reader.view(msg.slot, msg.generation) as view:
-        if view.shape != (msg.height, msg.width, 3):
-            raise FrameLost(f'shared-memory ring {msg.store!r}: slot {msg.slot} holds a {view.shape} frame but '
-                            f'the FrameRef says {msg.height}x{msg.width}x3 (ring replaced under the reference?)')
+        if tuple(view.shape) != (msg.height, msg.width, 3):
+            ring = 'CUDA frame ring' if cuda else 'shared-memory ring'
+            raise FrameLost(f'{ring} {msg.store!r}: slot {msg.slot} holds a {tuple(view.shape)} frame but the '
+                            f'FrameRef says {msg.height}x{msg.width}x3 (ring replaced under the reference?)')
         yield view
 
 

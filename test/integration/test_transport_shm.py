@@ -15,7 +15,6 @@ import time
 
 import numpy as np
 import pytest
-import rclpy
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
 
@@ -183,25 +182,17 @@ class Consumer:
         return False
 
 
-@pytest.fixture
-def ros():
-    context = rclpy.Context()
-    rclpy.init(context=context)
-    yield context
-    rclpy.try_shutdown(context=context)
-
-
 def test_shm_is_a_transport_mode():
     assert 'shm' in MODES and FrameRef.TRANSPORT_SHM == 'shm'
 
 
-def test_frames_cross_processes_through_shared_memory_exactly(ros):
+def test_frames_cross_processes_through_shared_memory_exactly(context):
     producer = Producer()
     try:
         ring = producer.expect('ring')[1]
         assert ring.startswith('vidaction_shm_test_camera_')
         assert os.path.exists(segment_path(ring))
-        consumer = Consumer(ros)
+        consumer = Consumer(context)
         assert consumer.wait_for_publisher(), 'the producer never appeared on camera/frame'
         producer.say('go')
         producer.expect('sent')
@@ -228,11 +219,11 @@ def test_frames_cross_processes_through_shared_memory_exactly(ros):
         producer.close()
 
 
-def test_a_sigkilled_camera_leaves_nothing_that_breaks_the_next_start(ros):
+def test_a_sigkilled_camera_leaves_nothing_that_breaks_the_next_start(context):
     producer = Producer()
     try:
         ring = producer.expect('ring')[1]
-        consumer = Consumer(ros)
+        consumer = Consumer(context)
         assert consumer.wait_for_publisher()
         producer.say('go')
         producer.expect('sent')
@@ -245,7 +236,7 @@ def test_a_sigkilled_camera_leaves_nothing_that_breaks_the_next_start(ros):
             resolve(msg)                                               # never the dead camera's pixels
 
         # The next camera of that name (another pid, so another ring) sweeps the dead one and works.
-        node = Node('shm_test_camera', context=ros)
+        node = Node('shm_test_camera', context=context)
         sender = FrameSender(node, 'shm', max_frame=(64, 48))
         try:
             assert not os.path.exists(segment_path(ring))
@@ -295,12 +286,12 @@ def check_frames(results, sequences):
         assert np.array_equal(frame, expected(msg.sequence)), f'frame {msg.sequence} differs'
 
 
-def test_loaned_frames_ring_the_doorbell_and_a_dead_consumer_holds_nothing_up(ros):
+def test_loaned_frames_ring_the_doorbell_and_a_dead_consumer_holds_nothing_up(context):
     producer = Producer()
     other = None
     try:
         producer.expect('ring')
-        consumer = Consumer(ros, bell=True)
+        consumer = Consumer(context, bell=True)
         assert consumer.wait_for_publisher(), 'the producer never appeared on camera/frame'
         other = subprocess.Popen([sys.executable, '-c', CONSUMER], cwd=tempfile.gettempdir(), stdin=subprocess.PIPE,
                                  stdout=subprocess.PIPE, text=True, env=dict(os.environ))
@@ -363,12 +354,12 @@ def test_loaned_frames_ring_the_doorbell_and_a_dead_consumer_holds_nothing_up(ro
         producer.close()
 
 
-def test_without_a_doorbell_everything_still_arrives_over_dds(ros):
+def test_without_a_doorbell_everything_still_arrives_over_dds(context):
     # An unusable socket directory in the producer: it says so once and announces frames over DDS only.
     producer = Producer(VIDACTION_DOORBELL_DIR='/proc/no-such-dir')
     try:
         producer.expect('ring')
-        consumer = Consumer(ros, bell=True)
+        consumer = Consumer(context, bell=True)
         assert consumer.wait_for_publisher()
         producer.say('go')
         producer.expect('sent')
