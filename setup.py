@@ -280,11 +280,11 @@ setup(
     extras_require={'test': _requirements('test') or ['pytest']},
     entry_points={
         'console_scripts': [
-            'vidaction-demo=vidaction_ros.demo:main',
-            'vidaction-pipeline=vidaction_ros.pipeline:main',
-            'vidaction-bag=vidaction_ros.bag_cli:main',
-            'vidaction-calibrate=vidaction_ros.calibrate:main',
-            'vidaction-eval=vidaction_ros.evaluate:main',
+            'vidaction-demo=vidaction_ros.tools.demo:main',
+            'vidaction-pipeline=vidaction_ros.nodes.pipeline:main',
+            'vidaction-bag=vidaction_ros.tools.bag_cli:main',
+            'vidaction-calibrate=vidaction_ros.tools.calibrate:main',
+            'vidaction-eval=vidaction_ros.tools.evaluate:main',
             'vidaction-lifecycle-manager=vidaction_ros.nodes.lifecycle_manager:main',
             'vidaction-escalation=vidaction_ros.nodes.escalation_node:main',
         ],

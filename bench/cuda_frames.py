@@ -38,13 +38,13 @@ def percentile(values, q):
 # -- consumer (child process) ---------------------------------------------------------------------------------
 def consume(mode: str, name: str) -> int:
     import torch
-    from vidaction_ros.frame_store import FrameLost
+    from vidaction_ros.transport.frame_store import FrameLost
     latencies, lost = [], 0
     if mode == 'cuda':
-        from vidaction_ros.cuda_frames import CudaFrameReader
+        from vidaction_ros.transport.cuda_frames import CudaFrameReader
         reader = CudaFrameReader(name)
     else:
-        from vidaction_ros.shm_ring import ShmRingReader
+        from vidaction_ros.transport.shm_ring import ShmRingReader
         reader = ShmRingReader(name)
         staging, device_frame = None, None
     print('ready', flush=True)
@@ -77,14 +77,14 @@ def consume(mode: str, name: str) -> int:
 
 # -- producer -------------------------------------------------------------------------------------------------
 def run_mode(mode: str, width: int, height: int, frames: int, rate: float) -> dict:
-    from vidaction_ros.frame_source import demo_frames
+    from vidaction_ros.ingest.frame_source import demo_frames
     images = demo_frames(width, height, synthetic_if_missing=True)
     name = f'vidaction_bench_{mode}_{os.getpid()}_{width}'
     if mode == 'cuda':
-        from vidaction_ros.cuda_frames import CudaFrameWriter
+        from vidaction_ros.transport.cuda_frames import CudaFrameWriter
         writer = CudaFrameWriter(name, slots=4, max_bytes=width * height * 3)
     else:
-        from vidaction_ros.shm_ring import ShmRingWriter
+        from vidaction_ros.transport.shm_ring import ShmRingWriter
         writer = ShmRingWriter(name, slots=4, slot_bytes=width * height * 3)
     child = subprocess.Popen([sys.executable, os.path.abspath(__file__), '--consume', mode, writer.name],
                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
@@ -123,7 +123,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.consume:
         return consume(*args.consume)
-    from vidaction_ros import cuda_ipc
+    from vidaction_ros.transport import cuda_ipc
     if not cuda_ipc.available():
         print('bench/cuda_frames.py needs torch with a CUDA device; this machine has none', file=sys.stderr)
         return 2

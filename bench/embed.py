@@ -45,9 +45,9 @@ os.environ.setdefault('TRANSFORMERS_VERBOSITY', 'error')
 
 import numpy as np  # noqa: E402
 
-from vidaction_ros.backends import BackendUnavailable, create_backend  # noqa: E402
-from vidaction_ros.backends.joint import CLIP_MEAN, CLIP_STD, ModelSpec, require  # noqa: E402
-from vidaction_ros.parity import DEMO_VIDEO, build_tiny_clip, prepare_dirs, video_frames  # noqa: E402
+from vidaction_ros.perception.backends import BackendUnavailable, create_backend  # noqa: E402
+from vidaction_ros.perception.backends.joint import CLIP_MEAN, CLIP_STD, ModelSpec, require  # noqa: E402
+from vidaction_ros.tools.parity import DEMO_VIDEO, build_tiny_clip, prepare_dirs, video_frames  # noqa: E402
 from vidaction_ros.stats import LatencyWindow  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
@@ -74,7 +74,7 @@ def tower_backend(tower: str, device: str, precision: str, threads: int, cuda_gr
     """A clip_hf (cpu) / torch_cuda (cuda) backend whose model is the `tower` image tower with random
     weights, built in memory from its configuration instead of loaded from a directory. Everything else
     (preprocessing, _encode_images, the output checks, L2) is the backend's own code."""
-    from vidaction_ros.backends.clip_torch import ClipTorchBackend, TorchCudaBackend
+    from vidaction_ros.perception.backends.clip_torch import ClipTorchBackend, TorchCudaBackend
     base = TorchCudaBackend if device.startswith('cuda') else ClipTorchBackend
     cfg = TOWERS[tower]
 

@@ -17,7 +17,7 @@ frame) and time inserts and queries. In the same run, on the same data and the s
 Data (never uniform random vectors: HNSW recall on those is ~0.5 and says nothing about video): the
 CPU backend's embeddings of the demo video's 795 frames (computed once, cached under
 ~/.cache/vidaction_ros/), extended by a random walk on the unit sphere whose step matches the real
-frames' median consecutive cosine (vidaction_ros.memory_data). Stamps at the video's 10 fps. Windows
+frames' median consecutive cosine (vidaction_ros.tools.memory_data). Stamps at the video's 10 fps. Windows
 larger than the video hold walk frames only once full; the 'real_video' rows measure recall on the real
 frames alone (window = the whole video).
 
@@ -49,11 +49,11 @@ import numpy as np  # noqa: E402
 
 try:
     from vidaction_ros.memory import TemporalMemory
-    from vidaction_ros.memory_data import consecutive_cosine, extend_with_walk, video_embeddings, rss_mb
+    from vidaction_ros.tools.memory_data import consecutive_cosine, extend_with_walk, video_embeddings, rss_mb
 except ImportError:  # running from a source checkout without an installed package
     sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
     from vidaction_ros.memory import TemporalMemory
-    from vidaction_ros.memory_data import consecutive_cosine, extend_with_walk, video_embeddings, rss_mb
+    from vidaction_ros.tools.memory_data import consecutive_cosine, extend_with_walk, video_embeddings, rss_mb
 
 K = 10
 NOISE = 0.2  # revisit queries: a window frame plus noise of this norm (cosine ~0.98 to the frame)

@@ -30,13 +30,13 @@ import numpy as np  # noqa: E402
 
 try:
     from vidaction_ros.memory import TemporalMemory
-    from vidaction_ros.memory_data import consecutive_cosine, sphere_walk, video_embeddings, rss_mb
-    from vidaction_ros.memory_tiers import TieredMemory
+    from vidaction_ros.tools.memory_data import consecutive_cosine, sphere_walk, video_embeddings, rss_mb
+    from vidaction_ros.memory import TieredMemory
 except ImportError:  # running from a source checkout without an installed package
     sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
     from vidaction_ros.memory import TemporalMemory
-    from vidaction_ros.memory_data import consecutive_cosine, sphere_walk, video_embeddings, rss_mb
-    from vidaction_ros.memory_tiers import TieredMemory
+    from vidaction_ros.tools.memory_data import consecutive_cosine, sphere_walk, video_embeddings, rss_mb
+    from vidaction_ros.memory import TieredMemory
 
 
 def stream(real: np.ndarray, total: int, seed: int, chunk: int = 1024):

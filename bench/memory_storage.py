@@ -39,11 +39,11 @@ import numpy as np  # noqa: E402
 
 try:
     from vidaction_ros.memory import STORAGE_CHOICES, TemporalMemory
-    from vidaction_ros.memory_data import extend_with_walk, video_embeddings, rss_mb
+    from vidaction_ros.tools.memory_data import extend_with_walk, video_embeddings, rss_mb
 except ImportError:  # running from a source checkout without an installed package
     sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
     from vidaction_ros.memory import STORAGE_CHOICES, TemporalMemory
-    from vidaction_ros.memory_data import extend_with_walk, video_embeddings, rss_mb
+    from vidaction_ros.tools.memory_data import extend_with_walk, video_embeddings, rss_mb
 
 K = 10
 M = inspect.signature(TemporalMemory).parameters['M'].default  # TemporalMemory's default graph degree

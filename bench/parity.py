@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Embedding parity: every backend that can run here embeds the same video frames and texts as the fp32
-reference; cosines, top-1 agreement and the policy's decisions are compared (vidaction_ros.parity).
+reference; cosines, top-1 agreement and the policy's decisions are compared (vidaction_ros.tools.parity).
 
     python bench/parity.py [--model-dir DIR] [--frames 0] [--policy FILE|none] [--no-int8] [--json PATH]
 
@@ -31,8 +31,8 @@ from pathlib import Path
 os.environ.setdefault('HF_HUB_DISABLE_PROGRESS_BARS', '1')
 os.environ.setdefault('TRANSFORMERS_VERBOSITY', 'error')
 
-from vidaction_ros.backends import BackendUnavailable  # noqa: E402
-from vidaction_ros.parity import DEMO_VIDEO, Candidate, build_tiny_clip, format_table, prepare_dirs, \
+from vidaction_ros.perception.backends import BackendUnavailable  # noqa: E402
+from vidaction_ros.tools.parity import DEMO_VIDEO, Candidate, build_tiny_clip, format_table, prepare_dirs, \
     quantize_int8, run_parity, video_frames  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent

@@ -270,7 +270,7 @@ class Monitor:
 # -- one pipeline run ----------------------------------------------------------------------------------------
 def start_pipeline(args, source: str, fps: float, log_path: str) -> subprocess.Popen:
     rate_hz = min(240.0, fps)
-    cmd = [sys.executable, '-m', 'vidaction_ros.pipeline', '--mode', args.mode, '--source', source,
+    cmd = [sys.executable, '-m', 'vidaction_ros.nodes.pipeline', '--mode', args.mode, '--source', source,
            '--loop', 'true', '--rate_hz', f'{rate_hz:g}',
            '--set', 'camera.realtime=true', '--set', 'camera.gate_enabled=false']
     for item in args.set:
@@ -491,7 +491,7 @@ def main(argv=None) -> int:
     parser.add_argument('--overload-p99-factor', type=float, default=2.0,
                         help="overload target: p99 <= this x the soak's p99 (2)")
     parser.add_argument('--set', action='append', default=[], metavar='NODE.PARAM=VALUE',
-                        help='extra pipeline parameter overrides (passed to vidaction_ros.pipeline)')
+                        help='extra pipeline parameter overrides (passed to vidaction_ros.nodes.pipeline)')
     parser.add_argument('--keep', action='store_true', help='keep the work directory (videos, logs)')
     parser.add_argument('-v', '--verbose', action='store_true', help='print every sample')
     args = parser.parse_args(argv)

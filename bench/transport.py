@@ -68,11 +68,11 @@ from rclpy.qos import ReliabilityPolicy  # noqa: E402
 from sensor_msgs.msg import Image  # noqa: E402
 
 from vidaction_ros import qos  # noqa: E402
-from vidaction_ros.frame_source import demo_frames  # noqa: E402
+from vidaction_ros.ingest.frame_source import demo_frames  # noqa: E402
 from vidaction_ros.conversions import bgr_to_image, image_to_bgr  # noqa: E402
-from vidaction_ros.frame_store import FrameLost  # noqa: E402
+from vidaction_ros.transport.frame_store import FrameLost  # noqa: E402
 from vidaction_ros.msg import FrameRef  # noqa: E402
-from vidaction_ros.transport import FrameSender, FrameSubscription, borrow, resolve  # noqa: E402
+from vidaction_ros.transport.frame_transport import FrameSender, FrameSubscription, borrow, resolve  # noqa: E402
 
 LABELS = {'image': 'sensor_msgs/Image (rclpy)', 'shm': 'shm ring, resolve (copy out)',
           'shm_view': 'shm ring, borrow (view)',

@@ -20,4 +20,4 @@ for a in "$@"; do
   args+=("$a")
 done
 cd /
-exec python -m vidaction_ros.demo "${args[@]}"
+exec python -m vidaction_ros.tools.demo "${args[@]}"

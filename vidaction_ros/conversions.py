@@ -7,7 +7,7 @@ import numpy as np
 from builtin_interfaces.msg import Time
 from sensor_msgs.msg import Image
 
-from .image_codec import ImageFormatError, decode_raw
+from .ingest.image_codec import ImageFormatError, decode_raw
 
 
 def to_time(seconds: float) -> Time:

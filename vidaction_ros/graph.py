@@ -10,7 +10,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .backends import CHOICES as BACKEND_CHOICES
+from .perception.backends import CHOICES as BACKEND_CHOICES
 
 PACKAGE = 'vidaction_ros'
 PARAMS_FILE = 'vidaction.yaml'

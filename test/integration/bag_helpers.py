@@ -64,6 +64,6 @@ class TopicCollector:
 def start_player(bag: str, *args: str, log_path: str | None = None) -> subprocess.Popen:
     """`vidaction-bag play BAG ARGS` as a child process group, run outside the source tree."""
     out = open(log_path, 'w') if log_path else subprocess.DEVNULL
-    return subprocess.Popen([sys.executable, '-m', 'vidaction_ros.bag_cli', 'play', str(bag), *args],
+    return subprocess.Popen([sys.executable, '-m', 'vidaction_ros.tools.bag_cli', 'play', str(bag), *args],
                             cwd=tempfile.gettempdir(), stdout=out, stderr=subprocess.STDOUT,
                             start_new_session=True, env=dict(os.environ))

@@ -85,7 +85,7 @@ def run_until_frame_decided(args: list[str], last_sequence: int, log_path, timeo
 def start_pipeline(*args: str, log_path: str | None = None) -> subprocess.Popen:
     """`vidaction_pipeline ARGS` as a child process group, run outside the source tree."""
     out = open(log_path, 'w') if log_path else subprocess.DEVNULL
-    return subprocess.Popen([sys.executable, '-m', 'vidaction_ros.pipeline', *args], cwd=tempfile.gettempdir(),
+    return subprocess.Popen([sys.executable, '-m', 'vidaction_ros.nodes.pipeline', *args], cwd=tempfile.gettempdir(),
                             stdout=out, stderr=subprocess.STDOUT, start_new_session=True, env=dict(os.environ))
 
 
@@ -104,7 +104,7 @@ def stop_group(proc: subprocess.Popen, timeout: float = 30.0) -> int:
 def start_node(name, params_file, overrides, log):
     """One graph node as its own process group, the command line `vidaction_pipeline --mode processes` uses."""
     from vidaction_ros import graph
-    from vidaction_ros.pipeline import node_command
+    from vidaction_ros.nodes.pipeline import node_command
     spec = next(s for s in graph.NODES if s.name == name)
     return subprocess.Popen(node_command(spec, params_file, overrides), cwd=tempfile.gettempdir(),
                             stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=dict(os.environ))

@@ -15,7 +15,7 @@ from sensor_msgs.msg import CompressedImage
 
 from bag_helpers import REPLAY_BAG, TopicCollector, start_player
 from ros_helpers import stop_group
-from vidaction_ros import bag_io
+from vidaction_ros.ingest import bags as bag_io
 
 pytestmark = pytest.mark.integration
 
@@ -122,7 +122,7 @@ def test_bad_bag_and_unknown_topic_fail_at_startup_with_the_reason(tmp_path):
     missing = tmp_path / 'no_such_bag'
     for args, reason in [([str(missing)], 'no_such_bag'),
                          ([str(REPLAY_BAG), '--topics', '/nope'], '/nope')]:
-        proc = subprocess.run([sys.executable, '-m', 'vidaction_ros.bag_cli', 'play', *args],
+        proc = subprocess.run([sys.executable, '-m', 'vidaction_ros.tools.bag_cli', 'play', *args],
                               cwd=tempfile.gettempdir(), capture_output=True, text=True, timeout=120)
         assert proc.returncode == 2, proc.stdout + proc.stderr
         assert reason in proc.stdout + proc.stderr

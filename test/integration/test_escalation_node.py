@@ -85,7 +85,7 @@ class SlowAnalyser:
 
 
 def start_node(module, name, overrides, log_path, extra=()):
-    from vidaction_ros.pipeline import ros_param_arg
+    from vidaction_ros.nodes.pipeline import ros_param_arg
     cmd = [sys.executable, '-m', module, '--ros-args', '-r', f'__node:={name}', *extra]
     for key, value in overrides.items():
         cmd += ['-p', ros_param_arg(key, value)]
@@ -102,10 +102,11 @@ def stamp_ns(msg):
 
 @pytest.fixture(scope='module')
 def run(tmp_path_factory):
-    from vidaction_ros import graph, qos
+    from vidaction_ros import graph
+    from vidaction_ros import qos
     from vidaction_ros.msg import Action, Escalation
     from vidaction_ros.nodes.escalation_node import EscalationNode
-    from vidaction_ros.pipeline import LOCKSTEP_OVERRIDES, node_command
+    from vidaction_ros.nodes.pipeline import LOCKSTEP_OVERRIDES, node_command
     from vidaction_ros.paths import config_file
 
     logs = tmp_path_factory.mktemp('escalation')

@@ -16,7 +16,7 @@ pytestmark = pytest.mark.integration
 
 
 def start(module, name, overrides, log, preexec_fn=None):
-    from vidaction_ros.pipeline import ros_param_arg
+    from vidaction_ros.nodes.pipeline import ros_param_arg
     cmd = [os.sys.executable, '-m', f'vidaction_ros.nodes.{module}', '--ros-args', '-r', f'__node:={name}']
     for key, value in overrides.items():
         cmd += ['-p', ros_param_arg(key, value)]

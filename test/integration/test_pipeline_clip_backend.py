@@ -38,8 +38,8 @@ def policy_prompts():
 
 
 def test_pipeline_runs_on_a_clip_exported_to_onnx(tmp_path, video_path):
-    from vidaction_ros.backends.clip_export import export
-    from vidaction_ros.backends.joint import read_manifest
+    from vidaction_ros.perception.backends.clip_export import export
+    from vidaction_ros.perception.backends.joint import read_manifest
     onnx_dir = export(tiny_models.build('clip', tmp_path / 'hf'), tmp_path / 'onnx')
     model_id = read_manifest(onnx_dir).model_id
     actions, complete, code, text = run_until_frame_decided(

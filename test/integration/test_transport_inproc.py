@@ -12,7 +12,7 @@ from rclpy.node import Node
 
 from vidaction_ros import qos
 from vidaction_ros.msg import FrameRef
-from vidaction_ros.transport import FrameSender, resolve
+from vidaction_ros.transport.frame_transport import FrameSender, resolve
 
 pytestmark = pytest.mark.integration
 
@@ -66,7 +66,7 @@ class Composed:
     """A producer node and a consumer node in one context, the consumer spinning on its own thread."""
 
     def __init__(self, mode: str, dispatch: str = 'thread', doorbell: bool = True):
-        from vidaction_ros.transport import FrameSubscription
+        from vidaction_ros.transport.frame_transport import FrameSubscription
         self.context = rclpy.Context()
         rclpy.init(context=self.context)
         self.producer = Node('test_producer', context=self.context)
@@ -243,7 +243,7 @@ def test_the_doorbell_copy_of_a_frame_ref_equals_the_dds_copy():
     DDS delivers, also into a message built ahead of time; pixels inline or another layout fall back."""
     from rclpy.serialization import deserialize_message, serialize_message
 
-    from vidaction_ros.transport import _CODEC
+    from vidaction_ros.transport.frame_transport import _CODEC
     msg = FrameRef()
     msg.header.stamp.sec, msg.header.stamp.nanosec, msg.header.frame_id = 1_700_000_000, 999_999_999, 'cam'
     msg.sequence, msg.transport, msg.store, msg.slot, msg.generation = 2**63 + 5, 'shm', 'vidaction_cam_1_0', 3, 99

@@ -19,10 +19,10 @@ from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
 
 from vidaction_ros import qos
-from vidaction_ros.frame_store import FrameLost
+from vidaction_ros.transport.frame_store import FrameLost
 from vidaction_ros.msg import FrameRef
-from vidaction_ros.shm_ring import SHM_DIR, segment_path
-from vidaction_ros.transport import MODES, FrameSender, FrameSubscription, borrow, resolve
+from vidaction_ros.transport.shm_ring import SHM_DIR, segment_path
+from vidaction_ros.transport.frame_transport import MODES, FrameSender, FrameSubscription, borrow, resolve
 
 pytestmark = pytest.mark.integration
 FRAMES = 12
@@ -38,7 +38,7 @@ import numpy as np
 import rclpy
 from rclpy.node import Node
 from vidaction_ros.msg import FrameRef
-from vidaction_ros.transport import FrameSender
+from vidaction_ros.transport.frame_transport import FrameSender
 frames = int(sys.argv[1])
 rclpy.init()
 node = Node('shm_test_camera')
@@ -261,7 +261,7 @@ import rclpy
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
 from vidaction_ros import qos
-from vidaction_ros.transport import FrameSubscription, resolve
+from vidaction_ros.transport.frame_transport import FrameSubscription, resolve
 rclpy.init()
 node = Node('shm_test_other_consumer')
 FrameSubscription(node, 'camera/frame', lambda msg: print('got', msg.sequence, resolve(msg).shape, flush=True),

@@ -23,9 +23,9 @@ import pytest
 
 from bag_helpers import REPLAY_BAG, start_player
 from ros_helpers import ActionCollector, stamp_s, start_pipeline, stop_group
-from vidaction_ros import bag_io
-from vidaction_ros.eval_metrics import load_labels
-from vidaction_ros.evaluate import read_action_bag
+from vidaction_ros.ingest import bags as bag_io
+from vidaction_ros.tools.eval_metrics import load_labels
+from vidaction_ros.tools.evaluate import read_action_bag
 
 from conftest import DATA
 
@@ -55,7 +55,7 @@ def labels():
 @pytest.fixture(scope='module')
 def evaluation(tmp_path_factory):
     out = tmp_path_factory.mktemp('eval') / 'out'
-    proc = subprocess.run([sys.executable, '-m', 'vidaction_ros.evaluate', str(REPLAY_BAG), '--labels', str(LABELS),
+    proc = subprocess.run([sys.executable, '-m', 'vidaction_ros.tools.evaluate', str(REPLAY_BAG), '--labels', str(LABELS),
                            '--out', str(out), '--quiet'], cwd=tempfile.gettempdir(), env=dict(os.environ),
                           capture_output=True, text=True, timeout=900)
     log = (out / 'pipeline.log').read_text() if (out / 'pipeline.log').exists() else ''

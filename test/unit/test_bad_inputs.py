@@ -25,7 +25,7 @@ from typing import Any, Callable
 import numpy as np
 import pytest
 
-from vidaction_ros.image_codec import ImageFormatError
+from vidaction_ros.ingest.image_codec import ImageFormatError
 
 README = Path(__file__).resolve().parents[2] / 'README.md'
 SECRET = 'secret'   # the password of every URL below: must never appear in a log, an error or stderr
@@ -66,7 +66,7 @@ def _image(height, width, encoding, step, nbytes):
 
 
 def _image_case(msg) -> Case:
-    from vidaction_ros.compressed import message_to_bgr
+    from vidaction_ros.ingest.compressed import message_to_bgr
 
     def good():   # the next, well-formed frame decodes: one bad frame poisons nothing
         assert message_to_bgr(_image(480, 640, 'rgb8', 1920, 1920 * 480)).shape == (480, 640, 3)
@@ -81,7 +81,7 @@ def _gradient() -> np.ndarray:
 def _compressed_case(fmt: str, data: bytes) -> Case:
     from sensor_msgs.msg import CompressedImage
 
-    from vidaction_ros.compressed import encode_compressed, message_to_bgr
+    from vidaction_ros.ingest.compressed import encode_compressed, message_to_bgr
 
     def good():
         ok_fmt, ok_data = encode_compressed(_gradient(), 'jpeg')
@@ -90,7 +90,7 @@ def _compressed_case(fmt: str, data: bytes) -> Case:
 
 
 def _truncated_jpeg() -> tuple[str, bytes]:
-    from vidaction_ros.compressed import encode_compressed
+    from vidaction_ros.ingest.compressed import encode_compressed
     fmt, data = encode_compressed(_gradient(), 'jpeg')
     return fmt, data[:len(data) // 2]
 
@@ -229,14 +229,14 @@ def _policy_file(env: Env, text: str | None, name: str = 'policy.yaml') -> Case:
 
 # -- model files ------------------------------------------------------------------------------------------
 def _model_case(env: Env, model_dir: Path) -> Case:
-    from vidaction_ros.backends import create_backend
+    from vidaction_ros.perception.backends import create_backend
     return Case(bad=lambda: create_backend('clip_onnx', model_path=str(model_dir)).activate())
 
 
 def _model_without_onnx(env: Env) -> Case:
     import json
 
-    from vidaction_ros.backends.joint import CLIP_MEAN, CLIP_STD, MANIFEST, ModelSpec
+    from vidaction_ros.perception.backends.joint import CLIP_MEAN, CLIP_STD, MANIFEST, ModelSpec
     model_dir = env.tmp_path / 'export'
     model_dir.mkdir()
     spec = ModelSpec(model_id='clip:test', model_type='clip', dim=4, image_size=32, mean=CLIP_MEAN, std=CLIP_STD,
@@ -314,7 +314,7 @@ CAPTURE_LOG = logging.getLogger('test_bad_inputs.capture')
 
 
 def _source_case(env: Env, uri: str, shown: str) -> Case:
-    from vidaction_ros.frame_source import Backoff, CaptureThread, OpenCvSource
+    from vidaction_ros.ingest.frame_source import Backoff, CaptureThread, OpenCvSource
     delays: list[float] = []
 
     class RecordingBackoff(Backoff):
@@ -346,7 +346,7 @@ def _source_case(env: Env, uri: str, shown: str) -> Case:
 
 # -- bounded queues: drop the oldest, count it -------------------------------------------------------------
 def _capture_slot(env: Env) -> Case:
-    from vidaction_ros.frame_source import CapturedFrame, LatestFrameSlot
+    from vidaction_ros.ingest.frame_source import CapturedFrame, LatestFrameSlot
     slot = LatestFrameSlot()
     frame = lambda i: CapturedFrame(np.full((2, 2, 3), i, np.uint8), i, None, 0.0, (2, 2))   # noqa: E731
     slot.put(frame(0))
@@ -360,7 +360,7 @@ def _capture_slot(env: Env) -> Case:
 
 
 def _frame_store(env: Env) -> Case:
-    from vidaction_ros.frame_store import InprocFrameStore
+    from vidaction_ros.transport.frame_store import InprocFrameStore
     store = InprocFrameStore('bad_inputs', slots=2)
     frames = [np.full((2, 2, 3), i, np.uint8) for i in range(3)]
     refs = [store.put(f) for f in frames]      # the third put reuses slot 0: frame 0 is gone
@@ -550,6 +550,6 @@ def test_readme_table_matches_the_rows():
     ('/dev/video0', '/dev/video0'),
 ])
 def test_credentials_never_shown(url, shown):
-    from vidaction_ros.frame_source import OpenCvSource, redact_url
+    from vidaction_ros.ingest.frame_source import OpenCvSource, redact_url
     assert redact_url(url) == shown
     assert SECRET not in OpenCvSource(url).display_uri

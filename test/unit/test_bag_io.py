@@ -9,8 +9,10 @@ import cv2
 import numpy as np
 import pytest
 
-from vidaction_ros import bag_cli, bag_io
-from vidaction_ros.image_codec import ImageFormatError
+from vidaction_ros.tools import bag_cli
+
+from vidaction_ros.ingest import bags as bag_io
+from vidaction_ros.ingest.image_codec import ImageFormatError
 
 FPS = 10.0
 NS = 1_000_000_000
@@ -269,7 +271,7 @@ def test_bag_frame_source_reads_like_a_video_file():
 
 
 def test_bag_frame_source_skips_bad_frames_loops_and_refuses_ambiguity(tmp_path):
-    from vidaction_ros.frame_source import SourceError
+    from vidaction_ros.ingest.frame_source import SourceError
     jpeg = cv2.imencode('.jpg', np.full((48, 64, 3), 128, np.uint8))[1].tobytes()
     path = _mixed_bag(tmp_path, jpeg)
     source = bag_io.BagFrameSource(path, loop=True)
@@ -290,7 +292,7 @@ def test_bag_frame_source_drives_the_capture_thread():
     """The camera's CaptureThread takes a BagFrameSource in place of an OpenCvSource, unchanged."""
     from pathlib import Path
 
-    from vidaction_ros.frame_source import CaptureThread
+    from vidaction_ros.ingest.frame_source import CaptureThread
     bag = str(Path(__file__).resolve().parent.parent / 'data' / 'vtest_replay')
     capture = CaptureThread(bag_io.BagFrameSource(bag), 320, 240, realtime=False)
     frames = []

@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 import yaml
 
-from vidaction_ros.backends import FrameEmbedding, RegionVector
-from vidaction_ros.calibrate import (ScoreTracer, best_threshold, choose_rules, main, suggest_from_labels,
+from vidaction_ros.perception.backends import FrameEmbedding, RegionVector
+from vidaction_ros.tools.calibrate import (ScoreTracer, best_threshold, choose_rules, main, suggest_from_labels,
                                      suggest_from_normal, suggestion_yaml)
-from vidaction_ros.eval_metrics import load_labels, parse_labels
+from vidaction_ros.tools.eval_metrics import load_labels, parse_labels
 from vidaction_ros.policy import parse_policy
 
 from conftest import DATA

@@ -1,12 +1,12 @@
-"""CompressedImage / raw Image decoding (vidaction_ros.compressed) on a real frame of the demo video."""
+"""CompressedImage / raw Image decoding (vidaction_ros.ingest.compressed) on a real frame of the demo video."""
 import cv2
 import numpy as np
 import pytest
 
 from conftest import read_frame
-from vidaction_ros.compressed import (CompressedFormat, decode_compressed, decode_raw_image, encode_compressed,
+from vidaction_ros.ingest.compressed import (CompressedFormat, decode_compressed, decode_raw_image, encode_compressed,
                                       message_to_bgr, parse_format, sniff_codec)
-from vidaction_ros.image_codec import ImageFormatError
+from vidaction_ros.ingest.image_codec import ImageFormatError
 
 
 @pytest.fixture(scope='module')

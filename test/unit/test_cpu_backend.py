@@ -3,7 +3,7 @@ first principles about sentence semantics, not from the model's own output."""
 import numpy as np
 import pytest
 
-from vidaction_ros.backends import BackendUnavailable, create_backend
+from vidaction_ros.perception.backends import BackendUnavailable, create_backend
 from vidaction_ros.policy import load_policy, score_margin
 from vidaction_ros.paths import config_file
 

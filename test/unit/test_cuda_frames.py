@@ -13,15 +13,15 @@ import time
 
 import pytest
 
-from vidaction_ros import cuda_ipc
-from vidaction_ros.frame_store import FrameLost
+from vidaction_ros.transport import cuda_ipc
+from vidaction_ros.transport.frame_store import FrameLost
 
 HAS_CUDA = cuda_ipc.available()
 
 
 @pytest.mark.skipif(HAS_CUDA, reason='checks the no-CUDA error paths')
 def test_without_cuda_the_cuda_transport_says_so():
-    from vidaction_ros.cuda_frames import CudaFrameReader, CudaFrameWriter
+    from vidaction_ros.transport.cuda_frames import CudaFrameReader, CudaFrameWriter
     with pytest.raises(RuntimeError, match='needs torch with a CUDA device'):
         CudaFrameWriter('vidaction_test_cuda_none')
     with pytest.raises(RuntimeError, match='needs torch with a CUDA device'):
@@ -31,7 +31,7 @@ def test_without_cuda_the_cuda_transport_says_so():
 @pytest.mark.skipif(HAS_CUDA, reason='checks the no-CUDA error paths')
 def test_without_cuda_a_consumer_of_a_cuda_frame_gets_frame_lost_with_the_reason():
     from vidaction_ros.msg import FrameRef
-    from vidaction_ros.transport import borrow, resolve
+    from vidaction_ros.transport.frame_transport import borrow, resolve
     ref = FrameRef(transport=FrameRef.TRANSPORT_CUDA, store='vidaction_test_cuda_none', slot=0, generation=1,
                    height=4, width=4, encoding='bgr8')
     with pytest.raises(FrameLost, match='CUDA'):
@@ -58,7 +58,7 @@ def test_without_cuda_a_camera_on_the_cuda_transport_fails_configure_naming_it(c
 
 WRITER = r'''
 import sys, time, torch
-from vidaction_ros.cuda_frames import CudaFrameWriter
+from vidaction_ros.transport.cuda_frames import CudaFrameWriter
 h, w, count = 48, 64, int(sys.argv[1])
 writer = CudaFrameWriter(sys.argv[2], slots=4, max_bytes=h * w * 3)
 rows = torch.arange(h, device='cuda', dtype=torch.int64).view(h, 1, 1).expand(h, w, 3)
@@ -77,7 +77,7 @@ writer.close()
 @pytest.mark.skipif(not HAS_CUDA, reason='needs torch with a CUDA device')
 def test_frames_on_the_gpu_cross_processes_intact_or_reported_lost():
     import torch
-    from vidaction_ros.cuda_frames import CudaFrameReader
+    from vidaction_ros.transport.cuda_frames import CudaFrameReader
     count = 400
     proc = subprocess.Popen([sys.executable, '-c', WRITER, str(count), 'vidaction_test_cuda_frames'],
                             cwd=tempfile.gettempdir(), stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)

@@ -16,7 +16,7 @@ from conftest import REPO
 torch = pytest.importorskip('torch')
 pytest.importorskip('transformers')
 
-from vidaction_ros.backends.base import FrameEmbedding  # noqa: E402
+from vidaction_ros.perception.backends.base import FrameEmbedding  # noqa: E402
 
 ROW_KEYS = {'backend', 'model', 'precision', 'device', 'batch', 'n', 'p50_ms', 'p99_ms', 'mean_ms', 'max_ms',
             'per_frame_p50_ms', 'x_p50_vs_cpu', 'x_p99_vs_cpu'}

@@ -321,7 +321,7 @@ EMPTY_ZONE_FRAMES = [0, 50, 100, 150, 200, 250, 300, 350, 395, 760, 780, 790]
 
 @pytest.fixture(scope='module')
 def second_opinion():
-    from vidaction_ros.second_opinion import SecondOpinionAnalyser
+    from vidaction_ros.escalation.second_opinion import SecondOpinionAnalyser
     return SecondOpinionAnalyser(threads=1)
 
 
@@ -455,7 +455,7 @@ QUESTION = 'Does this image show a pedestrian in the way in the near zone? Answe
 
 @pytest.mark.slow
 def test_vlm_loads_offline_generates_at_most_n_tokens_and_times_the_answer(tiny_vlms):
-    from vidaction_ros.vlm_analyser import LocalVlmAnalyser, parse_yes_no
+    from vidaction_ros.escalation.vlm_analyser import LocalVlmAnalyser, parse_yes_no
     analyser = LocalVlmAnalyser(str(tiny_vlms['random']), max_new_tokens=5)
     assert analyser.model_type == 'llava' and analyser.description.startswith('vlm (llava')
     answer = analyser.analyse(read_frame(628), QUESTION, {})
@@ -473,7 +473,7 @@ def test_vlm_loads_offline_generates_at_most_n_tokens_and_times_the_answer(tiny_
 
 @pytest.mark.slow
 def test_vlm_maps_yes_to_agree_no_to_disagree_and_anything_else_to_unsure(tiny_vlms):
-    from vidaction_ros.vlm_analyser import LocalVlmAnalyser
+    from vidaction_ros.escalation.vlm_analyser import LocalVlmAnalyser
     frame = read_frame(628)
     yes = LocalVlmAnalyser(str(tiny_vlms['yes']), max_new_tokens=3).analyse(frame, QUESTION, {})
     assert yes.text == 'yes yes yes' and yes.verdict == VERDICT_AGREE
@@ -493,13 +493,13 @@ def test_vlm_maps_yes_to_agree_no_to_disagree_and_anything_else_to_unsure(tiny_v
     ('', (None, False)), ('y\ufffdQ per', (None, False)), ('NOPE', ('no', True)),
 ])
 def test_yes_no_parsing(text, expected):
-    from vidaction_ros.vlm_analyser import parse_yes_no
+    from vidaction_ros.escalation.vlm_analyser import parse_yes_no
     assert parse_yes_no(text) == expected
 
 
 @pytest.mark.slow
 def test_vlm_errors_name_the_path_and_what_is_wrong(tmp_path, tiny_vlms):
-    from vidaction_ros.vlm_analyser import LocalVlmAnalyser
+    from vidaction_ros.escalation.vlm_analyser import LocalVlmAnalyser
     with pytest.raises(AnalyserUnavailable, match='needs model_path'):
         LocalVlmAnalyser('')
     missing = tmp_path / 'no_such_model'

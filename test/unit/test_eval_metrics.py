@@ -1,4 +1,4 @@
-"""Replay evaluation metrics (vidaction_ros.eval_metrics): hand-built action sequences against hand-built
+"""Replay evaluation metrics (vidaction_ros.tools.eval_metrics): hand-built action sequences against hand-built
 spans. Every expected number below is worked out by hand from the matching rules in the module docstring.
 
 Frames are on a 0.5 s grid unless a test says otherwise, so "active from 12.0 to 15.0" is 7 frames.
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from vidaction_ros.eval_metrics import (IGNORED, NEGATIVE, POSITIVE, Episode, LabelsError, Span, Tolerances,
+from vidaction_ros.tools.eval_metrics import (IGNORED, NEGATIVE, POSITIVE, Episode, LabelsError, Span, Tolerances,
                                         confusion, episodes, event_metrics, frame_labels, frame_metrics,
                                         latency_table, load_labels, parse_labels, percentiles)
 

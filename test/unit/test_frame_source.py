@@ -4,7 +4,7 @@ import time
 import numpy as np
 import pytest
 
-from vidaction_ros.frame_source import (Backoff, CaptureThread, CapturedFrame, LatestFrameSlot, OpenCvSource,
+from vidaction_ros.ingest.frame_source import (Backoff, CaptureThread, CapturedFrame, LatestFrameSlot, OpenCvSource,
                                         SourceError, classify_source, downscale, redact_url, working_size)
 
 
@@ -89,7 +89,7 @@ def test_unreachable_stream_reconnects_with_backoff_and_logs_once_per_state():
 
 
 def test_demo_frames_for_benches_scale_the_video_or_say_what_is_missing(monkeypatch, video_path):
-    from vidaction_ros import frame_source
+    from vidaction_ros.ingest import frame_source
     frames = frame_source.demo_frames(64, 48, count=3)
     assert len(frames) == 3 and all(f.shape == (48, 64, 3) and f.flags.c_contiguous for f in frames)
     assert not np.array_equal(frames[0], frames[2])                  # real, moving video frames

@@ -3,8 +3,8 @@ import threading
 import numpy as np
 import pytest
 
-from vidaction_ros.frame_store import FrameLost, InprocFrameStore, close_store, find_store, open_store
-from vidaction_ros.image_codec import ImageFormatError, decode_raw
+from vidaction_ros.transport.frame_store import FrameLost, InprocFrameStore, close_store, find_store, open_store
+from vidaction_ros.ingest.image_codec import ImageFormatError, decode_raw
 
 
 def test_store_returns_the_very_same_object():

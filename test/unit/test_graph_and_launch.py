@@ -6,7 +6,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from vidaction_ros import graph, pipeline
+from vidaction_ros import graph
+
+from vidaction_ros.nodes import pipeline
 from vidaction_ros.paths import share_dir
 
 LAUNCH_DIR = share_dir() / 'launch'
@@ -118,7 +120,7 @@ def test_launch_files_load_with_ros2_launch_when_available():
 
 
 def test_demo_and_e2e_bench_refuse_a_mode_they_would_ignore(capsys):
-    from vidaction_ros import demo
+    from vidaction_ros.tools import demo
     with pytest.raises(SystemExit) as exit_info:
         demo.main(['--mode', 'processes'])
     assert exit_info.value.code == 2 and 'vidaction_pipeline --mode processes' in capsys.readouterr().err

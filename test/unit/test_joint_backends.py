@@ -21,10 +21,10 @@ pytestmark = pytest.mark.slow
 torch = pytest.importorskip('torch')
 transformers = pytest.importorskip('transformers')
 
-from vidaction_ros.backends import BackendUnavailable, CHOICES, create_backend, resolve_auto  # noqa: E402
-from vidaction_ros.backends.clip_export import export  # noqa: E402
-from vidaction_ros.backends.joint import MANIFEST, ModelSpec, preprocess, read_manifest  # noqa: E402
-from vidaction_ros.regions import Region  # noqa: E402
+from vidaction_ros.perception.backends import BackendUnavailable, CHOICES, create_backend, resolve_auto  # noqa: E402
+from vidaction_ros.perception.backends.clip_export import export  # noqa: E402
+from vidaction_ros.perception.backends.joint import MANIFEST, ModelSpec, preprocess, read_manifest  # noqa: E402
+from vidaction_ros.perception.regions import Region  # noqa: E402
 
 TEXTS = ['a person walking on the grass near the camera', 'the path ahead is clear', 'x',
          'an unusually long prompt that goes on ' * 12]

@@ -1,4 +1,4 @@
-"""Unit tests for vidaction_ros.memory (pure core, no ROS).
+"""Unit tests for vidaction_ros.memory.window (pure core, no ROS).
 
 Expected values come from first principles (hand-made stamps, a tiny list model
 of the rules, brute-force numpy search), never from the code under test.

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from vidaction_ros.memory import STORAGE_CHOICES, TemporalMemory
-from vidaction_ros.memory_data import sphere_walk
+from vidaction_ros.tools.memory_data import sphere_walk
 
 DIM = 64
 

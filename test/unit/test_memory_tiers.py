@@ -1,4 +1,4 @@
-"""Unit tests for vidaction_ros.memory_tiers (the long-horizon keyframe tier; pure core, no ROS).
+"""Unit tests for vidaction_ros.memory.tiers (the long-horizon keyframe tier; pure core, no ROS).
 
 Expected values come from a plain list model of the rules (keyframe rule, TTL, capacity, reset),
 hand-computed stamps and brute-force numpy search, never from the code under test.
@@ -13,8 +13,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from vidaction_ros.memory import BACKWARDS_TOLERANCE_S, MemoryInputError
-from vidaction_ros.memory_data import sphere_walk
-from vidaction_ros.memory_tiers import TieredMemory, is_keyframe
+from vidaction_ros.tools.memory_data import sphere_walk
+from vidaction_ros.memory import TieredMemory, is_keyframe
 
 
 def unit(v) -> np.ndarray:

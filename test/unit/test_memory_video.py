@@ -1,7 +1,7 @@
 """Temporal memory on real embeddings: the CPU backend's vectors of the demo video's 795 frames (10 fps).
 
 The embeddings are computed once (about a minute on 2 cores) and cached under ~/.cache/vidaction_ros/
-(vidaction_ros.memory_data), hence the slow marker; with the cache warm the module runs in seconds.
+(vidaction_ros.tools.memory_data), hence the slow marker; with the cache warm the module runs in seconds.
 Expected answers come from the frame timeline (index / 10 s) and brute-force numpy over the real
 vectors, never from the memory's own output.
 """
@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from vidaction_ros.memory import TemporalMemory
-from vidaction_ros.memory_tiers import TieredMemory
+from vidaction_ros.memory import TieredMemory
 
 pytestmark = pytest.mark.slow
 
@@ -20,7 +20,7 @@ FPS = 10.0
 
 @pytest.fixture(scope='module')
 def video(video_path):
-    from vidaction_ros.memory_data import video_embeddings
+    from vidaction_ros.tools.memory_data import video_embeddings
 
     vectors, stamps = video_embeddings(video_path)
     assert vectors.shape == (795, 384) and vectors.dtype == np.float32

@@ -1,4 +1,4 @@
-"""vidaction_ros.parity and bench/parity.py on the tiny random CLIP of tiny_models.
+"""vidaction_ros.tools.parity and bench/parity.py on the tiny random CLIP of tiny_models.
 
 Expected values from first principles: the ONNX export runs the same fp32 weights as transformers, so its
 vectors agree to rounding (cosine >= 0.999); a model with other random weights (seed 1) puts the same inputs
@@ -19,7 +19,7 @@ pytest.importorskip('torch')
 pytest.importorskip('transformers')
 
 from vidaction_ros import parity  # noqa: E402
-from vidaction_ros.backends.clip_export import export  # noqa: E402
+from vidaction_ros.perception.backends.clip_export import export  # noqa: E402
 from vidaction_ros.paths import resolve_policy_file  # noqa: E402
 from vidaction_ros.policy import load_policy, parse_policy  # noqa: E402
 

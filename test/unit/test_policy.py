@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from vidaction_ros.policy import (ACTION_CODES, Decision, Observation, PolicyEngine, PolicyError, load_policy,
                                   parse_policy, score_margin, score_softmax)
-from vidaction_ros.regions import FULL_FRAME, Region
+from vidaction_ros.perception.regions import FULL_FRAME, Region
 
 # ---------------------------------------------------------------------------------------------------------
 # fixtures: a fake text embedder over 4 axes

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from vidaction_ros.regions import FULL_FRAME, Region, full_frame_region
+from vidaction_ros.perception.regions import FULL_FRAME, Region, full_frame_region
 
 SQUARE = ((0.25, 0.25), (0.75, 0.25), (0.75, 0.75), (0.25, 0.75))
 # An L shape (concave): the unit square's lower-left quadrant plus a strip, with the notch at top right.

@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from vidaction_ros.rate import RateLimiter
-from vidaction_ros.scene_gate import SceneChangeGate
+from vidaction_ros.ingest.rate import RateLimiter
+from vidaction_ros.ingest.scene_gate import SceneChangeGate
 
 
 def grey(value, shape=(120, 160)):

@@ -1,4 +1,4 @@
-"""The shared-memory ring's doorbell (vidaction_ros.shm_doorbell): real Unix datagram sockets, real reader
+"""The shared-memory ring's doorbell (vidaction_ros.transport.shm_doorbell): real Unix datagram sockets, real reader
 processes, real SIGKILL / SIGSTOP. No ROS."""
 import os
 import shutil
@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from vidaction_ros import shm_doorbell
-from vidaction_ros.shm_doorbell import (KIND_FRAME, KIND_REGISTER, STUCK_AFTER, DoorbellReader,
+from vidaction_ros.transport import shm_doorbell
+from vidaction_ros.transport.shm_doorbell import (KIND_FRAME, KIND_REGISTER, STUCK_AFTER, DoorbellReader,
                                         DoorbellUnavailable, DoorbellWriter, pack, unpack)
 
 
@@ -81,7 +81,7 @@ def test_a_reader_that_closed_is_forgotten_by_its_writer():
 
 READER = r'''
 import sys, time
-from vidaction_ros.shm_doorbell import DoorbellReader
+from vidaction_ros.transport.shm_doorbell import DoorbellReader
 reader = DoorbellReader()
 print(reader.path, flush=True)
 assert reader.register(sys.argv[1])

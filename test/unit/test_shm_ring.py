@@ -1,4 +1,4 @@
-"""The shared-memory frame ring (vidaction_ros.shm_ring): real /dev/shm segments, real writer processes,
+"""The shared-memory frame ring (vidaction_ros.transport.shm_ring): real /dev/shm segments, real writer processes,
 real SIGKILL. No ROS."""
 import os
 import queue
@@ -14,9 +14,9 @@ import time
 import numpy as np
 import pytest
 
-from vidaction_ros import cuda_ipc
-from vidaction_ros.frame_store import FrameLost
-from vidaction_ros.shm_ring import (LAYOUT_VERSION, SHM_DIR, RingFormatError, RingInUse, ShmRingReader,
+from vidaction_ros.transport import cuda_ipc
+from vidaction_ros.transport.frame_store import FrameLost
+from vidaction_ros.transport.shm_ring import (LAYOUT_VERSION, SHM_DIR, RingFormatError, RingInUse, ShmRingReader,
                                     ShmRingWriter, WriterGone, reclaim_stale, ring_name, segment_path)
 
 # A writer process: frames cycle through 8 solid values so that any mix of two frames is visible.
@@ -28,7 +28,7 @@ import sys
 signal.signal(signal.SIGINT, signal.default_int_handler)
 parent = os.getppid()                     # and it stops by itself once the test process is gone
 import numpy as np
-from vidaction_ros.shm_ring import ShmRingWriter
+from vidaction_ros.transport.shm_ring import ShmRingWriter
 name, slots, h, w = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
 frames = [np.full((h, w, 3), (k * 31 + 7) % 256, np.uint8) for k in range(8)]
 with ShmRingWriter(name, slots=slots, slot_bytes=h * w * 3) as ring:
@@ -336,7 +336,7 @@ def test_cuda_ipc_says_clearly_when_there_is_no_cuda():
 
 CUDA_CONSUMER = r'''
 import sys, torch
-from vidaction_ros import cuda_ipc
+from vidaction_ros.transport import cuda_ipc
 t = cuda_ipc.open_shared(bytes.fromhex(sys.stdin.readline().strip()))
 print(int(t.sum().item()), tuple(t.shape), t.device.type, flush=True)
 t[0, 0, 0] = 255                                  # the producer must see this: same device memory
@@ -468,7 +468,7 @@ import sys
 signal.signal(signal.SIGINT, signal.default_int_handler)
 parent = os.getppid()                     # and it stops by itself once the test process is gone
 import numpy as np
-from vidaction_ros.shm_ring import ShmRingWriter
+from vidaction_ros.transport.shm_ring import ShmRingWriter
 name, slots, h, w = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
 rows = np.arange(h, dtype=np.int64)[:, None, None]
 with ShmRingWriter(name, slots=slots, slot_bytes=h * w * 3) as ring:

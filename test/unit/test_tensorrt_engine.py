@@ -11,8 +11,8 @@ import pytest
 from onnx import TensorProto, helper
 
 from conftest import read_frame
-from vidaction_ros.backends.joint import ModelSpec, preprocess
-from vidaction_ros.backends.tensorrt_engine import EngineKey, calibration_batches, check_precision, \
+from vidaction_ros.perception.backends.joint import ModelSpec, preprocess
+from vidaction_ros.perception.backends.tensorrt_engine import EngineKey, calibration_batches, check_precision, \
     onnx_quantization
 
 ORIN = (8, 7)

@@ -22,10 +22,10 @@ pytestmark = pytest.mark.slow
 
 torch = pytest.importorskip('torch')
 
-from vidaction_ros.backends import BackendUnavailable, gpu_preprocess  # noqa: E402
-from vidaction_ros.backends.clip_torch import ClipTorchBackend, TorchCudaBackend  # noqa: E402
-from vidaction_ros.backends.joint import preprocess  # noqa: E402
-from vidaction_ros.regions import Region  # noqa: E402
+from vidaction_ros.perception.backends import BackendUnavailable, gpu_preprocess  # noqa: E402
+from vidaction_ros.perception.backends.clip_torch import ClipTorchBackend, TorchCudaBackend  # noqa: E402
+from vidaction_ros.perception.backends.joint import preprocess  # noqa: E402
+from vidaction_ros.perception.regions import Region  # noqa: E402
 
 CUDA = torch.cuda.is_available()
 cuda_only = pytest.mark.skipif(not CUDA, reason='needs a CUDA GPU (torch sees none on this machine)')

@@ -1,7 +1,7 @@
 """The perception watchdog core, on hand-made clocks."""
 import pytest
 
-from vidaction_ros.watchdog import PerceptionWatchdog
+from vidaction_ros.policy.watchdog import PerceptionWatchdog
 
 WALL = 1_700_000_000.0
 

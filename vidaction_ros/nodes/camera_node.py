@@ -17,18 +17,18 @@ from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from sensor_msgs.msg import CompressedImage, Image
 
 from .. import qos
-from ..bag_io import BagFrameSource, is_bag_path
-from ..compressed import message_to_bgr
+from ..ingest.bags import BagFrameSource, is_bag_path
+from ..ingest.compressed import message_to_bgr
 from ..conversions import to_time
 from ..diagnostics import DiagnosticsPublisher, RateMeter, health
-from ..frame_source import (DEMO_VIDEO, CaptureThread, CapturedFrame, OpenCvSource, SourceError, downscale,
+from ..ingest.frame_source import (DEMO_VIDEO, CaptureThread, CapturedFrame, OpenCvSource, SourceError, downscale,
                             downscale_into, redact_url, working_size)
-from ..image_codec import ImageFormatError
+from ..ingest.image_codec import ImageFormatError
 from ..msg import Action, FrameRef, SceneUnchanged
 from ..params import Param, ParameterError
-from ..rate import RateLimiter
-from ..scene_gate import SceneChangeGate
-from ..transport import MODES, FrameSender
+from ..ingest.rate import RateLimiter
+from ..ingest.scene_gate import SceneChangeGate
+from ..transport.frame_transport import MODES, FrameSender
 from .lifecycle import ManagedNode
 from .runtime import main_for
 

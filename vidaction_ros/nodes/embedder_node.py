@@ -9,16 +9,16 @@ import time
 
 
 from .. import qos
-from ..backends import CHOICES, create_backend
+from ..perception.backends import CHOICES, create_backend
 from ..conversions import ms_between, to_time
 from ..diagnostics import DiagnosticsPublisher, RateMeter, health
-from ..frame_store import FrameLost
-from ..image_codec import ImageFormatError
+from ..transport.frame_store import FrameLost
+from ..ingest.image_codec import ImageFormatError
 from ..msg import Embedding, FrameRef, RegionEmbedding
 from ..params import Param
 from ..paths import resolve_policy_file
 from ..stats import LatencyWindow
-from ..transport import DISPATCH, FrameSubscription, borrow, host_array, resolve
+from ..transport.frame_transport import DISPATCH, FrameSubscription, borrow, host_array, resolve
 from .lifecycle import ManagedNode
 from .runtime import main_for
 
@@ -27,7 +27,7 @@ BACKEND_PARAMS = [
     Param('backend', 'cpu', 'embedding backend: cpu (offline default), clip_onnx, clip_hf, torch_cuda, tensorrt, '
           'or auto (the fastest this machine and model_path allow)', choices=CHOICES),
     Param('model_path', '', 'model directory for the CLIP-style backends: a transformers directory (clip_hf, '
-          'torch_cuda) or an ONNX export from vidaction_ros.backends.clip_export (clip_onnx, tensorrt)'),
+          'torch_cuda) or an ONNX export from vidaction_ros.perception.backends.clip_export (clip_onnx, tensorrt)'),
     Param('device', '', 'clip_onnx / clip_hf / torch_cuda: cpu or cuda ("" = the backend\'s default)',
           choices=('', 'cpu', 'cuda')),
     Param('precision', '', 'torch_cuda: fp16 / bf16 / fp32; tensorrt: fp16 / int8 / fp8 / fp32 '

@@ -28,13 +28,13 @@ from ..diagnostics import DiagnosticsPublisher, RateMeter, health
 from ..escalation import (DEFAULT_QUESTION, PROTECTIVE_DEFAULT, VERDICT_AGREE, VERDICT_DISAGREE, ActionEvent,
                           EscalationResult, Escalator, RuleInfo, TriggerConfig, TriggerRules,
                           check_question_template, protective_codes)
-from ..frame_store import FrameLost
-from ..image_codec import ImageFormatError
+from ..transport.frame_store import FrameLost
+from ..ingest.image_codec import ImageFormatError
 from ..msg import Action, Escalation, FrameRef
 from ..params import Param, ParameterError
 from ..paths import resolve_policy_file
 from ..stats import LatencyWindow
-from ..transport import host_array, resolve
+from ..transport.frame_transport import host_array, resolve
 from .lifecycle import ManagedNode
 from .runtime import main_for
 
@@ -75,9 +75,9 @@ _VERDICT_CODES = {'unsure': Escalation.VERDICT_UNSURE, VERDICT_AGREE: Escalation
 def create_analyser(p: dict, logger=None):
     """The analyser the parameters name (loaded now: a missing model fails at configure, naming the path)."""
     if p['analyser'] == 'second_opinion':
-        from ..second_opinion import SecondOpinionAnalyser
+        from ..escalation.second_opinion import SecondOpinionAnalyser
         return SecondOpinionAnalyser(threads=p['threads'])
-    from ..vlm_analyser import LocalVlmAnalyser
+    from ..escalation.vlm_analyser import LocalVlmAnalyser
     return LocalVlmAnalyser(p['model_path'], max_new_tokens=p['max_new_tokens'], device=p['device'],
                             dtype=p['dtype'], system_prompt=p['system_prompt'], logger=logger)
 

@@ -21,7 +21,7 @@ from .. import qos
 from ..conversions import to_seconds, to_time, vector_from_msg
 from ..diagnostics import DiagnosticsPublisher, RateMeter, health
 from ..memory import STORAGE_CHOICES, MemoryInputError, TemporalMemory
-from ..memory_tiers import TieredMemory
+from ..memory import TieredMemory
 from ..msg import Embedding, MemoryContext, MemoryHit
 from ..params import Param, ParameterError
 from ..srv import QueryMemory

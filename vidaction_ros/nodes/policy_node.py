@@ -11,7 +11,7 @@ import time
 
 
 from .. import qos
-from ..backends import create_backend
+from ..perception.backends import create_backend
 from ..conversions import ms_between, to_seconds, to_time, vector_from_msg
 from ..diagnostics import DiagnosticsPublisher, RateMeter, health
 from ..msg import Action, MemoryContext, SceneUnchanged
@@ -19,7 +19,7 @@ from ..params import Param
 from ..paths import resolve_policy_file
 from ..policy import Observation, PolicyEngine, load_policy
 from ..stats import LatencyWindow
-from ..watchdog import PerceptionWatchdog
+from ..policy.watchdog import PerceptionWatchdog
 from .embedder_node import BACKEND_PARAMS, backend_params
 from .lifecycle import ManagedNode
 from .runtime import main_for

@@ -28,7 +28,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from .escalation import VERDICT_AGREE, VERDICT_DISAGREE, VERDICT_UNSURE, AnalyserUnavailable, Answer
+from .escalator import VERDICT_AGREE, VERDICT_DISAGREE, VERDICT_UNSURE, AnalyserUnavailable, Answer
 
 YES_WORDS = frozenset({'yes', 'yeah', 'yep', 'true', 'correct', 'affirmative'})
 NO_WORDS = frozenset({'no', 'nope', 'false', 'incorrect', 'negative'})
@@ -161,7 +161,7 @@ class LocalVlmAnalyser:
         return f'{system}{image_token}\n{question}'
 
     def analyse(self, frame_bgr: np.ndarray, question: str, context: Mapping[str, Any]) -> Answer:
-        from .backends.base import check_bgr_frame
+        from ..perception.backends.base import check_bgr_frame
         torch = self._torch
         started = time.perf_counter()
         check_bgr_frame(frame_bgr)

@@ -16,7 +16,7 @@
    type registered from the installed .msg files; DIR/timeline.png; DIR/report.json; DIR/report.md;
    DIR/pipeline.log.
 
-Metrics (vidaction_ros.eval_metrics, which documents the matching rules): latency percentiles per stage
+Metrics (vidaction_ros.tools.eval_metrics, which documents the matching rules): latency percentiles per stage
 from the Actions' fields and, with labels, per evaluated action: event-level precision, recall, F1, lead
 time (labelled start - first firing), false alarms, plus frame-level counts. Which action the labels are
 about: --action, else the labels file's `action:`, else the policy's highest-priority rule.
@@ -70,7 +70,7 @@ def action_typestore():
     """rosbags' Jazzy type store plus every vidaction_ros message, from the installed .msg files (the RIHS01
     hashes then equal rosidl's)."""
     from rosbags.typesys import Stores, get_types_from_msg, get_typestore
-    from .paths import share_dir
+    from ..paths import share_dir
     store = get_typestore(Stores.ROS2_JAZZY)
     msg_dir = share_dir() / 'msg'
     files = sorted(msg_dir.glob('*.msg'))
@@ -86,7 +86,7 @@ def action_typestore():
 def write_action_bag(path: Path, serialized: Sequence[tuple[int, bytes]], storage: str = 'mcap') -> None:
     """(bag time ns, CDR bytes as rclpy serialises them) -> a new rosbag2 bag with one /action topic."""
     from rosbags.rosbag2 import StoragePlugin, Writer
-    from .bag_io import BAG_VERSION
+    from ..ingest.bags import BAG_VERSION
     store = action_typestore()
     writer = Writer(path, version=BAG_VERSION,
                     storage_plugin=StoragePlugin.MCAP if storage == 'mcap' else StoragePlugin.SQLITE3)
@@ -135,8 +135,8 @@ class Recorder:
     def __init__(self, context, contexts: bool = True):
         from rclpy.executors import SingleThreadedExecutor
         from rclpy.node import Node
-        from . import qos
-        from .msg import Action, MemoryContext
+        from .. import qos
+        from ..msg import Action, MemoryContext
         self.actions: list = []
         self.decided: set[int] = set()        # frame sequences with a decision (failsafes left out)
         self.contexts: dict[int, ContextRecord] = {}
@@ -227,7 +227,7 @@ def pipeline_argv(bag: str, opts: RunOptions) -> list[str]:
 def policy_params(argv: list[str]) -> dict:
     """The policy node's effective parameters for this pipeline command line (params file + overrides)."""
     import yaml
-    from . import pipeline
+    from ..nodes import pipeline
     args = pipeline.build_parser().parse_args(argv)
     with open(pipeline.params_file(args), encoding='utf-8') as f:
         data = yaml.safe_load(f) or {}
@@ -269,7 +269,7 @@ class RunRecord:
 def run_replay(bag: str, out_dir: Path, opts: RunOptions) -> RunRecord:
     """Run the lock-step pipeline over `bag` and record its Actions (and memory contexts)."""
     import rclpy
-    from .bag_io import IMAGE_TYPES, BagError, bag_info, normalise_topic
+    from ..ingest.bags import IMAGE_TYPES, BagError, bag_info, normalise_topic
     from .progress import Progress
 
     try:
@@ -295,7 +295,7 @@ def run_replay(bag: str, out_dir: Path, opts: RunOptions) -> RunRecord:
     try:
         with open(log, 'w') as out:
             # cwd outside any source checkout: the children import the installed package.
-            proc = subprocess.Popen([sys.executable, '-m', 'vidaction_ros.pipeline', *pipeline_argv(bag, opts)],
+            proc = subprocess.Popen([sys.executable, '-m', 'vidaction_ros.nodes.pipeline', *pipeline_argv(bag, opts)],
                                     cwd=tempfile.gettempdir(), stdout=out, stderr=subprocess.STDOUT,
                                     start_new_session=True, env=dict(os.environ))
         last_progress, exited_at = time.monotonic(), None
@@ -338,9 +338,9 @@ def rescore(contexts: dict, spec, params: dict, logger=None) -> dict:
     """Every rule's score on every frame, from the recorded memory contexts, by a PolicyEngine over the same
     policy and text model as the policy node. Returns {sequence: Decision}."""
     import logging
-    from .backends import create_backend
-    from .nodes.embedder_node import backend_params
-    from .policy import Observation, PolicyEngine
+    from ..perception.backends import create_backend
+    from ..nodes.embedder_node import backend_params
+    from ..policy import Observation, PolicyEngine
     log = logger or logging.getLogger('vidaction_eval')
     backend = create_backend(params.get('backend', 'cpu'), load_images=False, **backend_params(params, log))
     backend.activate()
@@ -393,7 +393,7 @@ def choose_actions(spec, labels: Labels | None, names: Sequence[str] | None) -> 
 
 def build_report(record: RunRecord, spec, bag: str, labels: Labels | None, evaluated: list[str],
                  tol: Tolerances, decisions_rescored: dict | None, opts: RunOptions) -> dict:
-    from .bag_io import bag_info
+    from ..ingest.bags import bag_info
     frames, checks = per_frame(record.actions)
     times = [_stamp_s(a) for a in frames]
     seqs = [int(a.frame_sequence) for a in frames]
@@ -504,7 +504,7 @@ def plot_timeline(path: Path, frames: list, spec, evaluated: list[str], labels: 
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
-    from .policy import PromptRule
+    from ..policy import PromptRule
 
     t = np.array([_stamp_s(a) for a in frames])
     rules = list(spec.rules)
@@ -576,8 +576,8 @@ def evaluate(bag: str, out_dir: str | Path, labels: Labels | None = None, action
              force: bool = False) -> EvalResult:
     """Replay `bag`, write the Action bag, timeline.png, report.json and report.md into `out_dir`."""
     from rclpy.serialization import serialize_message
-    from .paths import resolve_policy_file
-    from .policy import load_policy
+    from ..paths import resolve_policy_file
+    from ..policy import load_policy
 
     out = Path(out_dir)
     bag_out = out / 'actions'
@@ -658,9 +658,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from .bag_io import is_bag_path
+    from ..ingest.bags import is_bag_path
     from .eval_metrics import LabelsError
-    from .policy import PolicyError
+    from ..policy import PolicyError
     if not is_bag_path(args.bag):
         sys.stderr.write(f'vidaction-eval: {args.bag} is not a rosbag2 bag (a directory with metadata.yaml, '
                          f'or a .mcap / .db3 file)\n')

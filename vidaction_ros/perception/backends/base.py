@@ -1,7 +1,7 @@
 """The embedding backend interface shared by every backend (CPU default, CLIP from a path, torch CUDA,
 TensorRT): activate / embed_images / embed_texts / deactivate, in the spirit of Polygraphy's runners.
 
-Backends are imported lazily (see `vidaction_ros.backends.create_backend`) so a CPU machine never imports
+Backends are imported lazily (see `vidaction_ros.perception.backends.create_backend`) so a CPU machine never imports
 TensorRT or pycuda.
 """
 from __future__ import annotations

@@ -113,7 +113,7 @@ def video_embeddings(video: str = DEMO_VIDEO, max_width: int = 640, max_height: 
     """(vectors float32 (n, dim), stamps_s float64 (n,)): the CPU backend's full-frame vector of every frame
     of ``video``, downscaled to the camera node's working size first, stamped with media time
     (index / fps). Cached; ``progress(done, total)`` is called while computing."""
-    from .backends.conse_cpu import ConseCpuBackend
+    from ..perception.backends.conse_cpu import ConseCpuBackend
 
     if not os.path.isfile(video):
         raise FileNotFoundError(f'video not found: {video} (Debian: apt-get install opencv-doc)')
@@ -127,7 +127,7 @@ def video_embeddings(video: str = DEMO_VIDEO, max_width: int = 640, max_height: 
     except (OSError, ValueError, KeyError):
         pass
 
-    from .frame_source import OpenCvSource, downscale
+    from ..ingest.frame_source import OpenCvSource, downscale
 
     source = OpenCvSource(video)
     source.open()

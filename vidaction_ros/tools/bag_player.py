@@ -29,7 +29,7 @@ from rclpy.duration import Duration
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 
-from .bag_io import NS, BagError, Pacer, bag_info, normalise_topic, read_raw
+from ..ingest.bags import NS, BagError, Pacer, bag_info, normalise_topic, read_raw
 
 # rclcpp's ClockQoS and rclpy's TimeSource subscription: best effort, keep last 1. A newer clock value
 # supersedes an older one, so retransmitting a lost one is pointless.
@@ -220,7 +220,7 @@ def run(bag: str, ros_args: list[str] | None = None, **options) -> int:
     import rclpy
     from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 
-    from .nodes.runtime import listen_to_sigint
+    from ..nodes.runtime import listen_to_sigint
     listen_to_sigint()   # see there: a background start leaves SIGINT ignored
     rclpy.init(args=ros_args)
     signal.signal(signal.SIGTERM, lambda *_: rclpy.try_shutdown())

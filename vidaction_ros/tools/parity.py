@@ -1,7 +1,7 @@
 """Embedding parity across backends: do two runtimes of the same model put the same frames and prompts at
 the same place in the joint space, and would the policy decide the same on them?
 
-Pure core (numpy; backends created by name through `vidaction_ros.backends.create_backend`): no ROS.
+Pure core (numpy; backends created by name through `vidaction_ros.perception.backends.create_backend`): no ROS.
 The CLI is bench/parity.py.
 
 Every candidate embeds the same frames (full frame plus the policy's regions) and the same texts as the
@@ -28,8 +28,8 @@ from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
-from .backends import BackendUnavailable, create_backend
-from .backends.base import l2_normalise_rows
+from ..perception.backends import BackendUnavailable, create_backend
+from ..perception.backends.base import l2_normalise_rows
 
 # Minimum cosine to the fp32 reference that passes, by precision; absent = reported, not gated.
 THRESHOLDS = {'fp32': 0.999, 'fp16': 0.99, 'bf16': 0.99}
@@ -164,7 +164,7 @@ def policy_decisions(spec, texts: Sequence[str], emb: EmbeddingSet, stamps: np.n
                      ) -> tuple[list[str], np.ndarray]:
     """The action the policy engine decides on each frame, in order, from these vectors alone, and every
     rule's score per frame ((N, rules) array, rules in spec.rules order; NaN = unknown)."""
-    from .policy import Observation, PolicyEngine
+    from ..policy import Observation, PolicyEngine
     engine = PolicyEngine(spec, _text_lookup(texts, emb.texts))
     lookback = spec.temporal[0].lookback_s if spec.temporal else None
     actions, scores = [], []
@@ -276,7 +276,7 @@ def quantize_int8(onnx_dir: str | Path, out_dir: str | Path) -> Path:
     """A copy of a vidaction ONNX directory whose image encoder is dynamically quantised to INT8 weights
     (onnxruntime.quantization.quantize_dynamic). The text encoder stays float, as on the TensorRT route
     (prompts are embedded once, on onnxruntime). Raises BackendUnavailable with the reason if it cannot."""
-    from .backends.joint import IMAGE_ONNX, MANIFEST
+    from ..perception.backends.joint import IMAGE_ONNX, MANIFEST
     onnx_dir, out_dir = Path(onnx_dir), Path(out_dir)
     try:
         from onnxruntime.quantization import QuantType, quantize_dynamic
@@ -316,7 +316,7 @@ def build_tiny_clip(builder_file: str | Path, out_dir: str | Path, seed: int = 0
 def prepare_dirs(model_dir: str | Path, work_dir: str | Path) -> dict:
     """{'hf': transformers dir or None, 'onnx': vidaction ONNX dir or None, 'onnx_reason': why there is no
     ONNX dir}. A transformers directory is exported (clip_export) into work_dir/onnx once."""
-    from .backends.joint import MANIFEST, directory_format
+    from ..perception.backends.joint import MANIFEST, directory_format
     model_dir, work_dir = Path(model_dir), Path(work_dir)
     fmt = directory_format(model_dir)
     if fmt == 'onnx':
@@ -327,7 +327,7 @@ def prepare_dirs(model_dir: str | Path, work_dir: str | Path) -> dict:
     try:
         import warnings
 
-        from .backends.clip_export import export
+        from ..perception.backends.clip_export import export
         with warnings.catch_warnings():
             warnings.simplefilter('ignore')       # torch.onnx tracer warnings about constant shapes
             export(model_dir, onnx_dir)

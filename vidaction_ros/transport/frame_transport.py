@@ -50,10 +50,10 @@ from rclpy.qos import HistoryPolicy
 from rclpy.serialization import deserialize_message, serialize_message
 from sensor_msgs.msg import Image
 
-from . import qos
-from .conversions import bgr_to_image, image_to_bgr
+from .. import qos
+from ..conversions import bgr_to_image, image_to_bgr
 from .frame_store import FrameLost, find_store, open_store
-from .msg import FrameRef
+from ..msg import FrameRef
 from .shm_doorbell import DoorbellReader, DoorbellUnavailable, DoorbellWriter
 from .shm_ring import ShmRingReader, ShmRingWriter, WriterGone, reclaim_stale, ring_name, segment_path
 

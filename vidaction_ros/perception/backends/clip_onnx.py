@@ -1,6 +1,6 @@
 """A CLIP / SigLIP / MobileCLIP exported to ONNX, run by onnxruntime on the CPU or its CUDA provider.
 
-The directory is written by `python -m vidaction_ros.backends.clip_export HF_DIR OUT_DIR` (or by hand:
+The directory is written by `python -m vidaction_ros.perception.backends.clip_export HF_DIR OUT_DIR` (or by hand:
 see joint.ModelSpec for the manifest). This is also how a robot runs a real model without torch or
 transformers installed, and what the TensorRT backend builds its engines from.
 """
@@ -62,7 +62,7 @@ class ClipOnnxBackend(JointEmbeddingBackend):
         if fmt != 'onnx':
             raise BackendUnavailable(
                 f'backend clip_onnx needs an ONNX export; {self.model_path} is a transformers directory: use '
-                f'backend clip_hf / torch_cuda, or export it: python -m vidaction_ros.backends.clip_export '
+                f'backend clip_hf / torch_cuda, or export it: python -m vidaction_ros.perception.backends.clip_export '
                 f'{self.model_path} OUT_DIR')
         try:
             spec = read_manifest(self.model_path)

@@ -5,7 +5,7 @@ OpenCV's HOG people detector (count, where each person stands, whether the feet 
 region) and the EfficientNet-Lite0 ImageNet classifier (what the region looks like). Each fact becomes one
 short sentence ("a person close to the camera, on the left"; "a photo of a lawn, a park bench"). The
 sentences and the action's prompts and contrast prompts are embedded with the MiniLM sentence model
-(vidaction_ros.text_encoder), and the answer is worked out like this:
+(vidaction_ros.perception.text_encoder), and the answer is worked out like this:
 
     support(e)  = max cos(e, prompts) - max cos(e, contrast)        text margin of evidence sentence e
     t(e)        = clip((support(e) - text_low) / (text_high - text_low), 0, 1)
@@ -41,7 +41,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from .escalation import VERDICT_AGREE, VERDICT_DISAGREE, VERDICT_UNSURE, AnalyserUnavailable, Answer
+from .escalator import VERDICT_AGREE, VERDICT_DISAGREE, VERDICT_UNSURE, AnalyserUnavailable, Answer
 
 # When the policy gives no contrast prompts for the action: what "nothing to worry about" looks like.
 GENERIC_CONTRAST = ('an empty scene', 'nothing in the way', 'a clear path')
@@ -89,8 +89,8 @@ class ImageNetClassifier:
             import onnxruntime as ort
         except ImportError as err:
             raise AnalyserUnavailable(f'second_opinion needs onnxruntime: {err}') from None
-        from .backends.conse_cpu import IMAGENET_MEAN, IMAGENET_STD, cache_dir, imagenet_class_names
-        from .backends.onnx_export import cached_onnx
+        from ..perception.backends.conse_cpu import IMAGENET_MEAN, IMAGENET_STD, cache_dir, imagenet_class_names
+        from ..perception.backends.onnx_export import cached_onnx
         try:
             model_file = cached_onnx(cache_dir())
         except (ImportError, FileNotFoundError) as err:
@@ -135,14 +135,14 @@ class SecondOpinionAnalyser:
         self.agree_at, self.disagree_below = agree_at, disagree_below
         self.absence_weight = absence_weight
         if detector is None:
-            from .person_detector import HogPersonDetector
+            from ..perception.person_detector import HogPersonDetector
             detector = HogPersonDetector(search_top=detector_search_top, min_confidence=detector_min_confidence,
                                          win_stride=detector_win_stride)
         self.detector = detector
         self.classifier = classifier or ImageNetClassifier(threads)
         if text_encoder is None:
             try:
-                from .text_encoder import TextEncoder
+                from ..perception.text_encoder import TextEncoder
                 text_encoder = TextEncoder(threads=threads)
             except (ImportError, FileNotFoundError) as err:
                 raise AnalyserUnavailable(f'second_opinion needs the MiniLM text model: {err}') from None
@@ -206,7 +206,7 @@ class SecondOpinionAnalyser:
         return 1.0 - miss, weighed
 
     def analyse(self, frame_bgr: np.ndarray, question: str, context: Mapping[str, Any]) -> Answer:
-        from .backends.base import check_bgr_frame
+        from ..perception.backends.base import check_bgr_frame
         started = time.perf_counter()
         check_bgr_frame(frame_bgr)
         region = context.get('region')

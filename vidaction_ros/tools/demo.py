@@ -12,8 +12,8 @@ import math
 import sys
 import time
 
-from . import pipeline
-from .stats import LatencyWindow
+from ..nodes import pipeline
+from ..stats import LatencyWindow
 
 DEMO_OVERRIDES = {
     # A file played as a live camera, but stamped with its media time so the printout reads as video time.
@@ -45,8 +45,8 @@ class ActionPrinter:
 
     def make_node(self):
         from rclpy.node import Node
-        from . import qos
-        from .msg import Action
+        from .. import qos
+        from ..msg import Action
         self.node = Node('demo_action_printer')
         self.node.create_subscription(Action, 'action', self.on_action, qos.ACTION)
         return self.node
@@ -96,8 +96,8 @@ def run(args, printer: ActionPrinter, timeout: float) -> tuple[dict, dict]:
     """Run the composed pipeline in this process until the source ends and the last Action is in.
     Returns the camera's and the embedder's counters."""
     import rclpy
-    from .nodes.lifecycle import bring_up
-    from .nodes.runtime import listen_to_sigint, spin_each_node
+    from ..nodes.lifecycle import bring_up
+    from ..nodes.runtime import listen_to_sigint, spin_each_node
     listen_to_sigint()   # see there: a background start leaves SIGINT ignored
     rclpy.init(args=pipeline.ros_args_for(args))
     nodes = []
@@ -142,7 +142,7 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         return 130
     sys.stdout.write(summary(camera, embedder, printer))
-    from .nodes.runtime import exit_process
+    from ..nodes.runtime import exit_process
     exit_process(0 if printer.count > 0 else 1)   # see exit_process: lifecycle teardown at exit aborts
 
 

@@ -56,7 +56,7 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 
 from .eval_metrics import IGNORED, POSITIVE, Labels, confusion, frame_labels, load_labels
-from .policy import Observation, PolicyEngine, PolicySpec, PromptRule, TemporalRule
+from ..policy import Observation, PolicyEngine, PolicySpec, PromptRule, TemporalRule
 
 CRITERIA = ('f1', 'youden')
 DEFAULT_QUANTILE = 99.5
@@ -324,7 +324,7 @@ class ScoreTracer:
         similarity = None
         if self.lookback_s is not None:
             if self.memory is None:
-                from .memory import TemporalMemory
+                from ..memory import TemporalMemory
                 self.memory = TemporalMemory(int(np.asarray(embedding.vector).size), capacity=self.memory_capacity,
                                              ttl_s=self.memory_ttl_s)
             # As the memory node: insert, then compare with the scene lookback_s before the newest frame.
@@ -348,9 +348,9 @@ def iter_frames(source: str, step: int = 1, rate_hz: float | None = None, start_
 
     Kept: media time in [start_s, end_s), then every `step`-th frame, then at most `rate_hz` per second of
     media time (the camera's RateLimiter)."""
-    from .bag_io import BagFrameSource, is_bag_path
-    from .frame_source import OpenCvSource, downscale
-    from .rate import RateLimiter
+    from ..ingest.bags import BagFrameSource, is_bag_path
+    from ..ingest.frame_source import OpenCvSource, downscale
+    from ..ingest.rate import RateLimiter
     if step < 1:
         raise ValueError(f'step must be >= 1, got {step}')
     limiter = RateLimiter(rate_hz) if rate_hz else None
@@ -380,7 +380,7 @@ def iter_frames(source: str, step: int = 1, rate_hz: float | None = None, start_
 
 def frame_count(source: str, bag_topic: str | None = None) -> int | None:
     """Frames in the source (for the progress bar), or None when unknown."""
-    from .bag_io import IMAGE_TYPES, bag_info, is_bag_path
+    from ..ingest.bags import IMAGE_TYPES, bag_info, is_bag_path
     try:
         if is_bag_path(source):
             topics = [t for t in bag_info(source).topics if t.msgtype in IMAGE_TYPES]
@@ -596,7 +596,7 @@ def choose_rules(spec: PolicySpec, labels: Labels | None, rules: Sequence[str] |
 
 # -- command line ----------------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
-    from .backends import CHOICES
+    from ..perception.backends import CHOICES
     p = argparse.ArgumentParser(
         prog='vidaction-calibrate',
         description='Score a video or rosbag2 bag with the policy\'s prompts, plot the scores over time and '
@@ -637,9 +637,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from .backends import BackendUnavailable, create_backend
-    from .paths import resolve_policy_file
-    from .policy import PolicyError, load_policy
+    from ..perception.backends import BackendUnavailable, create_backend
+    from ..paths import resolve_policy_file
+    from ..policy import PolicyError, load_policy
     from .progress import Progress
     from .eval_metrics import LabelsError
     try:
@@ -666,7 +666,7 @@ def main(argv: list[str] | None = None) -> int:
                            args.hysteresis, args.max_fpr)
     except Exception as err:   # a source that cannot be read, a label set with one class: say what, exit 1
         bar.close()
-        from .frame_source import SourceError
+        from ..ingest.frame_source import SourceError
         if isinstance(err, (ValueError, SourceError, OSError)):
             sys.stderr.write(f'vidaction-calibrate: {err}\n')
             return 1

@@ -9,7 +9,7 @@ Subclasses (onnxruntime, torch, TensorRT) only run two encoders:
 Two directory formats are understood (see README, "Bring your own CLIP"):
   * a Hugging Face transformers directory: config.json (model_type clip / siglip / ...), weights,
     preprocessor_config.json, tokenizer files;
-  * a vidaction ONNX directory written by `python -m vidaction_ros.backends.clip_export`:
+  * a vidaction ONNX directory written by `python -m vidaction_ros.perception.backends.clip_export`:
     vidaction_model.json (the manifest below), image_encoder.onnx, text_encoder.onnx, tokenizer.json.
 Both describe the same model with the same model_id, so an embedder on TensorRT and a policy node on
 onnxruntime (prompts are embedded once, on the CPU) agree on the space they work in.
@@ -105,7 +105,7 @@ def directory_format(path: str | Path) -> str:
     if (path / 'config.json').is_file():
         return 'hf'
     raise ValueError(f'model_path {str(path)!r} holds neither {MANIFEST} (an ONNX export made by '
-                     f'vidaction_ros.backends.clip_export) nor config.json (a transformers model directory)')
+                     f'vidaction_ros.perception.backends.clip_export) nor config.json (a transformers model directory)')
 
 
 def read_manifest(path: str | Path) -> ModelSpec:

@@ -9,7 +9,7 @@ Two image paths, one model:
     cv2 resize of a 640x480 frame (~1 ms) is cheaper than the same work in torch, so clip_hf keeps it.
   * torch (the default on CUDA, `torch_preprocess=True` anywhere): the uint8 frame goes to the device once
     (numpy frames through a reused pinned staging buffer with an asynchronous copy; a torch tensor already on
-    the device, e.g. from vidaction_ros.cuda_ipc, is used in place), the frame and its region crops are
+    the device, e.g. from vidaction_ros.transport.cuda_ipc, is used in place), the frame and its region crops are
     resized / cropped / normalised there (gpu_preprocess, the same numbers as joint.preprocess), and all
     crops of all frames of one call run as one batch.
 On CUDA, with `cuda_graph=True`, the image encoder of a batch size seen before is replayed from a captured

@@ -44,7 +44,7 @@ from typing import Any, Callable, Mapping
 import numpy as np
 import yaml
 
-from .regions import FULL_FRAME, Region
+from ..perception.regions import FULL_FRAME, Region
 
 # Action.msg ACTION_* constants: stable integers for C++ controllers.
 ACTION_CODES: Mapping[str, int] = MappingProxyType({

@@ -12,7 +12,7 @@ separately, without ever making the policy wait (pure core: numpy and the standa
   analyser is busy, a newer job replaces the waiting one (the freshest frame is the one worth a second
   opinion) and the replaced job is counted; the count travels with the next result (`dropped_before`).
 * Analyser: anything with `name` and `analyse(frame_bgr, question, context) -> Answer`; see
-  vidaction_ros.second_opinion (runs offline here) and vidaction_ros.vlm_analyser (a local VLM from a path).
+  vidaction_ros.escalation.second_opinion (runs offline here) and vidaction_ros.escalation.vlm_analyser (a local VLM from a path).
 """
 from __future__ import annotations
 
@@ -367,7 +367,7 @@ class Escalator:
     """Trigger rules + frame ring + worker + analyser; results go to `publish(EscalationResult)` (called on
     the worker thread).
 
-    regions: name -> vidaction_ros.regions.Region (the policy's); rules: action name -> RuleInfo. Both
+    regions: name -> vidaction_ros.perception.regions.Region (the policy's); rules: action name -> RuleInfo. Both
     feed the analyser's context, so it can check "a person in the near zone" against the same polygon
     the policy used.
     """

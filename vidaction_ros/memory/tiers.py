@@ -1,6 +1,6 @@
 """Two-tier temporal memory: the short window plus a long-horizon keyframe tier (no ROS imports).
 
-The short window (:class:`~vidaction_ros.memory.TemporalMemory`, e.g. 300 frames / 30 s) answers "what
+The short window (:class:`~vidaction_ros.memory.window.TemporalMemory`, e.g. 300 frames / 30 s) answers "what
 is around me now" and forgets quickly on purpose, so a scene from minutes ago never passes for the
 present. Some questions need a longer horizon: "what did the scene look like 2 min ago?", "have I seen
 this place before?". The long tier is a second, bounded ``TemporalMemory`` holding *keyframes* only,
@@ -29,7 +29,7 @@ import threading
 
 import numpy as np
 
-from .memory import InsertResult, MemoryEntry, MemoryInputError, TemporalMemory, _finite_float, \
+from .window import InsertResult, MemoryEntry, MemoryInputError, TemporalMemory, _finite_float, \
     _nonnegative_float, _positive_float
 
 __all__ = ['TieredMemory', 'is_keyframe', 'TIERS']

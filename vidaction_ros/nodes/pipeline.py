@@ -19,8 +19,8 @@ import tempfile
 import threading
 from pathlib import Path
 
-from . import graph
-from .paths import config_file
+from .. import graph
+from ..paths import config_file
 
 LOCKSTEP_OVERRIDES = {
     # Deterministic replay: every frame, in order, stamped with media time, reliable queues.
@@ -105,7 +105,7 @@ def ros_args_for(args) -> list[str]:
 
 
 def run_composed(args, extra_factories=()) -> int:
-    from .nodes.runtime import run_nodes
+    from .runtime import run_nodes
     overrides = collect_overrides(args, composed=True)
     return run_nodes(node_factories(overrides) + list(extra_factories), args=ros_args_for(args),
                      bring_up_here=True)
@@ -174,7 +174,7 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
         if args.mode == 'composed':
-            from .nodes.runtime import exit_process
+            from .runtime import exit_process
             exit_process(run_composed(args))   # see exit_process: lifecycle teardown at exit aborts
         return run_processes(args)
     except ValueError as err:
