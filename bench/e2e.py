@@ -17,7 +17,8 @@ import sys
 os.environ.setdefault('ROS_AUTOMATIC_DISCOVERY_RANGE', 'LOCALHOST')
 os.environ.setdefault('ROS_DOMAIN_ID', str(os.getpid() % 90 + 5))
 
-from vidaction_ros import demo, pipeline  # noqa: E402
+from vidaction_ros.nodes import pipeline  # noqa: E402
+from vidaction_ros.tools import demo  # noqa: E402
 
 
 def main(argv=None) -> int:

@@ -60,7 +60,7 @@ def vector_from_msg(values, dim: int | None = None, what: str = 'vector') -> np.
     finite = np.isfinite(vector)
     if not finite.all():
         # Name how many and where: "contains NaN or Inf" alone does not tell a model that overflows in one
-        # channel from a producer that sends garbage (bad-input table, docs/bad_inputs.md).
+        # channel from a producer that sends garbage (bad-input table, docs/faults.md).
         bad = int(np.flatnonzero(~finite)[0])
         raise ValueError(f'{what} contains NaN or Inf: {int((~finite).sum())} non-finite value(s), first at '
                          f'index {bad} = {float(vector[bad])!r}')

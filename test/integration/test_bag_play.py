@@ -2,7 +2,7 @@
 subscriber in this process, over real DDS on loopback (test/conftest.py keeps discovery local).
 
 The committed fixture test/data/vtest_replay/ is played; what must arrive is read from the same bag with
-bag_io, so the expectations come from the recording, not from the player."""
+ingest.bags, so the expectations come from the recording, not from the player."""
 import subprocess
 import sys
 import tempfile

@@ -25,7 +25,7 @@ from bag_helpers import REPLAY_BAG, start_player
 from ros_helpers import ActionCollector, stamp_s, start_pipeline, stop_group
 from vidaction_ros.ingest import bags as bag_io
 from vidaction_ros.tools.eval_metrics import load_labels
-from vidaction_ros.tools.evaluate import read_action_bag
+from vidaction_ros.tools.action_bags import read_action_bag
 
 from conftest import DATA
 

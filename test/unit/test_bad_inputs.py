@@ -1,6 +1,6 @@
 """The bad-input table (issue #8): every kind of bad input the nodes can receive, fed to the real core that
-catches it. The README's "Safe under faults" section shows the same table (test_readme_table_matches_the_rows keeps them
-in step).
+catches it. docs/faults.md ("Bad input") shows the same table (test_docs_table_matches_the_rows keeps them in
+step).
 
 Each row says what is wrong, how it is fed, and what must happen:
   * a clear error: the exception type and a regex its message must match, naming the field and the value;
@@ -27,7 +27,7 @@ import pytest
 
 from vidaction_ros.ingest.image_codec import ImageFormatError
 
-README = Path(__file__).resolve().parents[2] / 'README.md'
+FAULTS_DOC = Path(__file__).resolve().parents[2] / 'docs' / 'faults.md'
 SECRET = 'secret'   # the password of every URL below: must never appear in a log, an error or stderr
 
 
@@ -529,10 +529,10 @@ def test_table_is_large_and_ids_are_unique():
     assert len(ids) >= 15 and len(set(ids)) == len(ids)
 
 
-def test_readme_table_matches_the_rows():
-    """The README's bad-input table (section "Safe under faults") lists exactly these test ids, in order."""
-    text = README.read_text()
-    section = text[text.index('## Safe under faults'):]
+def test_docs_table_matches_the_rows():
+    """The bad-input table of docs/faults.md (section "Bad input") lists exactly these test ids, in order."""
+    text = FAULTS_DOC.read_text()
+    section = text[text.index('## Bad input'):]
     section = section[:section.index('\n## ', 1)]
     documented = re.findall(r'^\|.*\|\s*`([a-z0-9-]+)`\s*\|\s*$', section, flags=re.M)
     assert documented == [r.id for r in ROWS]

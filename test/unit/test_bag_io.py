@@ -1,4 +1,4 @@
-"""bag_io on the real demo video: write a bag, read it back, compare with the source frames.
+"""Bags on the real demo video (ingest.bags reads, tools.bag_writer writes): write a bag, read it back, compare.
 
 No ROS: rosbags writes and reads, OpenCV decodes the video. Storage back ends are parametrised (rosbag2's
 own habit): MCAP and sqlite3 must behave the same."""
@@ -9,10 +9,9 @@ import cv2
 import numpy as np
 import pytest
 
-from vidaction_ros.tools import bag_cli
-
 from vidaction_ros.ingest import bags as bag_io
 from vidaction_ros.ingest.image_codec import ImageFormatError
+from vidaction_ros.tools import bag_cli, bag_pacer, bag_writer
 
 FPS = 10.0
 NS = 1_000_000_000
@@ -45,9 +44,9 @@ def bags(tmp_path_factory, video_path, storage):
     """A raw (bgr8) and a compressed (jpeg) bag of media time [12.0, 14.0) s, 320 px wide."""
     root = tmp_path_factory.mktemp(f'bags_{storage}')
     common = dict(width=320, start_s=12.0, end_s=14.0, storage=storage)
-    raw = bag_io.write_video_bag(video_path, str(root / 'raw'), bag_io.VideoToBag(**common))
-    jpeg = bag_io.write_video_bag(video_path, str(root / 'jpeg'),
-                                  bag_io.VideoToBag(compressed=True, jpeg_quality=90, **common))
+    raw = bag_writer.write_video_bag(video_path, str(root / 'raw'), bag_writer.VideoToBag(**common))
+    jpeg = bag_writer.write_video_bag(video_path, str(root / 'jpeg'),
+                                  bag_writer.VideoToBag(compressed=True, jpeg_quality=90, **common))
     return raw, jpeg
 
 
@@ -91,9 +90,9 @@ def test_read_back_stamps_are_media_time_and_pixels_match(bags, sources, which):
 
 
 def test_range_step_origin_and_full_resolution(tmp_path, video_path):
-    options = bag_io.VideoToBag(start_s=0.95, end_s=2.0, step=3, time_origin_s=1_700_000_000.5, compressed=True,
+    options = bag_writer.VideoToBag(start_s=0.95, end_s=2.0, step=3, time_origin_s=1_700_000_000.5, compressed=True,
                                 topic='cam/image/compressed', frame_id='front')
-    result = bag_io.write_video_bag(video_path, str(tmp_path / 'b'), options)
+    result = bag_writer.write_video_bag(video_path, str(tmp_path / 'b'), options)
     frames = list(bag_io.read_frames(result.path))
     # [0.95, 2.0) at 10 fps is frames 10..19; every 3rd: 10, 13, 16, 19
     origin = 1_700_000_000_500_000_000
@@ -104,7 +103,7 @@ def test_range_step_origin_and_full_resolution(tmp_path, video_path):
 
 
 def test_png_compressed_is_lossless(tmp_path, video_path, sources):
-    result = bag_io.write_video_bag(video_path, str(tmp_path / 'png'), bag_io.VideoToBag(
+    result = bag_writer.write_video_bag(video_path, str(tmp_path / 'png'), bag_writer.VideoToBag(
         compressed=True, codec='png', width=320, start_s=12.0, end_s=12.1))
     (frame,) = bag_io.read_frames(result.path)
     assert np.array_equal(frame.image, sources[120])
@@ -167,44 +166,44 @@ def test_writer_refuses_bad_options_and_leaves_nothing_behind(tmp_path, video_pa
     existing = tmp_path / 'exists'
     existing.mkdir()
     with pytest.raises(bag_io.BagError, match='exists already'):
-        bag_io.write_video_bag(video_path, str(existing))
+        bag_writer.write_video_bag(video_path, str(existing))
     with pytest.raises(bag_io.BagError, match='video not found'):
-        bag_io.write_video_bag(str(tmp_path / 'missing.avi'), str(tmp_path / 'x'))
-    for options, message in [(bag_io.VideoToBag(storage='rosbag_v2'), 'storage'),
-                             (bag_io.VideoToBag(step=0), 'step'),
-                             (bag_io.VideoToBag(start_s=5, end_s=5), 'end_s'),
-                             (bag_io.VideoToBag(width=1), 'width'),
-                             (bag_io.VideoToBag(jpeg_quality=0), 'jpeg_quality'),
-                             (bag_io.VideoToBag(topic='bad topic'), 'invalid topic')]:
+        bag_writer.write_video_bag(str(tmp_path / 'missing.avi'), str(tmp_path / 'x'))
+    for options, message in [(bag_writer.VideoToBag(storage='rosbag_v2'), 'storage'),
+                             (bag_writer.VideoToBag(step=0), 'step'),
+                             (bag_writer.VideoToBag(start_s=5, end_s=5), 'end_s'),
+                             (bag_writer.VideoToBag(width=1), 'width'),
+                             (bag_writer.VideoToBag(jpeg_quality=0), 'jpeg_quality'),
+                             (bag_writer.VideoToBag(topic='bad topic'), 'invalid topic')]:
         with pytest.raises(bag_io.BagError, match=message):
-            bag_io.write_video_bag(video_path, str(tmp_path / 'y'), options)
+            bag_writer.write_video_bag(video_path, str(tmp_path / 'y'), options)
         assert not (tmp_path / 'y').exists()
     with pytest.raises(bag_io.BagError, match='no frames in the range'):
-        bag_io.write_video_bag(video_path, str(tmp_path / 'z'), bag_io.VideoToBag(start_s=500, end_s=600))
+        bag_writer.write_video_bag(video_path, str(tmp_path / 'z'), bag_writer.VideoToBag(start_s=500, end_s=600))
     assert not (tmp_path / 'z').exists(), 'a failed write removes its bag directory'
 
 
 def test_frame_range_and_stamps_are_exact():
-    assert bag_io.frame_range(10.0, 46.0, 60.0) == (460, 600)
-    assert bag_io.frame_range(10.0, 0.0, None) == (0, None)
-    assert bag_io.frame_range(29.97, 1.0, 2.0) == (30, 60)
-    assert [bag_io.frame_stamp_ns(i, 10.0) for i in (0, 1, 795)] == [0, 100_000_000, 79_500_000_000]
-    assert bag_io.frame_stamp_ns(3, 30000 / 1001, origin_ns=5) == 5 + round(3 * 1001 / 30000 * NS)
+    assert bag_writer.frame_range(10.0, 46.0, 60.0) == (460, 600)
+    assert bag_writer.frame_range(10.0, 0.0, None) == (0, None)
+    assert bag_writer.frame_range(29.97, 1.0, 2.0) == (30, 60)
+    assert [bag_writer.frame_stamp_ns(i, 10.0) for i in (0, 1, 795)] == [0, 100_000_000, 79_500_000_000]
+    assert bag_writer.frame_stamp_ns(3, 30000 / 1001, origin_ns=5) == 5 + round(3 * 1001 / 30000 * NS)
 
 
 def test_pacer_maps_bag_time_to_wall_deadlines():
-    pacer = bag_io.Pacer(2.0)
+    pacer = bag_pacer.Pacer(2.0)
     assert pacer.bag_time_at(100.0) is None
     assert pacer.deadline(10 * NS, wall_s=100.0) == 100.0          # anchored on the first message
     assert pacer.deadline(12 * NS, wall_s=100.3) == pytest.approx(101.0)   # 2 s of bag at rate 2
     assert pacer.bag_time_at(100.5) == 11 * NS
     pacer.restart(10 * NS, 200.0)                                    # a new pass
     assert pacer.deadline(11 * NS, wall_s=200.0) == pytest.approx(200.5)
-    fast = bag_io.Pacer(0)
+    fast = bag_pacer.Pacer(0)
     assert fast.deadline(5 * NS, 1.0) == 1.0 and fast.deadline(9 * NS, 1.2) == 1.2
     for bad in (-1.0, float('inf'), float('nan')):
         with pytest.raises(ValueError, match='rate'):
-            bag_io.Pacer(bad)
+            bag_pacer.Pacer(bad)
 
 
 def test_cli_from_video_and_info(tmp_path, video_path, capsys):

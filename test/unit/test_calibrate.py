@@ -12,8 +12,10 @@ import pytest
 import yaml
 
 from vidaction_ros.perception.backends import FrameEmbedding, RegionVector
-from vidaction_ros.tools.calibrate import (ScoreTracer, best_threshold, choose_rules, main, suggest_from_labels,
-                                     suggest_from_normal, suggestion_yaml)
+from vidaction_ros.tools.calibrate import main
+from vidaction_ros.tools.score_trace import ScoreTracer
+from vidaction_ros.tools.thresholds import (best_threshold, choose_rules, suggest_from_labels, suggest_from_normal,
+                                            suggestion_yaml)
 from vidaction_ros.tools.eval_metrics import load_labels, parse_labels
 from vidaction_ros.policy import parse_policy
 

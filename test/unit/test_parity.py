@@ -18,7 +18,7 @@ from conftest import REPO, VIDEO
 pytest.importorskip('torch')
 pytest.importorskip('transformers')
 
-from vidaction_ros import parity  # noqa: E402
+from vidaction_ros.tools import parity  # noqa: E402
 from vidaction_ros.perception.backends.clip_export import export  # noqa: E402
 from vidaction_ros.paths import resolve_policy_file  # noqa: E402
 from vidaction_ros.policy import load_policy, parse_policy  # noqa: E402

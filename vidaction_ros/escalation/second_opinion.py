@@ -41,7 +41,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from .escalator import VERDICT_AGREE, VERDICT_DISAGREE, VERDICT_UNSURE, AnalyserUnavailable, Answer
+from .types import VERDICT_AGREE, VERDICT_DISAGREE, VERDICT_UNSURE, AnalyserUnavailable, Answer
 
 # When the policy gives no contrast prompts for the action: what "nothing to worry about" looks like.
 GENERIC_CONTRAST = ('an empty scene', 'nothing in the way', 'a clear path')

@@ -28,7 +28,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from .escalator import VERDICT_AGREE, VERDICT_DISAGREE, VERDICT_UNSURE, AnalyserUnavailable, Answer
+from .types import VERDICT_AGREE, VERDICT_DISAGREE, VERDICT_UNSURE, AnalyserUnavailable, Answer
 
 YES_WORDS = frozenset({'yes', 'yeah', 'yep', 'true', 'correct', 'affirmative'})
 NO_WORDS = frozenset({'no', 'nope', 'false', 'incorrect', 'negative'})

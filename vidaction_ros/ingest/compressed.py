@@ -143,7 +143,7 @@ def decode_raw_image(height: int, width: int, encoding: str, step: int, data, is
         return cv2.cvtColor(pairs, getattr(cv2, _YUV422[encoding]))
     if encoding not in ENCODINGS:
         # decode_raw's own message lists only its 8-bit set; a sensor_msgs/Image reaching us here may also
-        # be YUV 4:2:2 or mono16, so name everything this decoder takes (bad-input table, docs/bad_inputs.md).
+        # be YUV 4:2:2 or mono16, so name everything this decoder takes (bad-input table, docs/faults.md).
         raise ImageFormatError(f'unsupported encoding {encoding!r}; supported: '
                                f'{sorted(ENCODINGS) + sorted(RAW_EXTRA_ENCODINGS)}')
     return decode_raw(height, width, encoding, step, data)

@@ -29,8 +29,9 @@ import threading
 
 import numpy as np
 
-from .window import InsertResult, MemoryEntry, MemoryInputError, TemporalMemory, _finite_float, \
-    _nonnegative_float, _positive_float
+from .entries import InsertResult, MemoryEntry, MemoryInputError
+from .validation import _finite_float, _nonnegative_float, _positive_float
+from .window import TemporalMemory
 
 __all__ = ['TieredMemory', 'is_keyframe', 'TIERS']
 

@@ -18,42 +18,11 @@ numpy arrays (vectors, stamps, sequence numbers), so exact checks, time
 lookups and ``vector_of`` never need hnswlib's ``get_items`` and a time range
 maps to one or two contiguous slices of the vector array.
 
-Query engines
--------------
-* unrestricted k-NN: the hnswlib graph (flat latency as the window grows);
-* time-restricted k-NN (``min_age_s`` / ``max_age_s`` / ``exclude_sequence``):
-  hnswlib with a ``filter`` callable when many entries qualify, otherwise an
-  exact numpy scan of the qualifying time slice (see ``exact_threshold``);
-* time-strided coarse scan, merged into every HNSW query over a span of more
-  than ``coarse_min_span`` entries: an exact scan of at most ``coarse_rows``
-  evenly spaced window entries, then of the full neighbourhood (one stride
-  either side) of the best ``coarse_top`` of them.  Video-aware: consecutive frames are close,
-  so a scene is found through its nearest sample even where HNSW's greedy
-  descent has no gradient to follow.  On a smooth 384-d random walk (locally a
-  chain, globally like uniform random points) HNSW alone reaches recall@10 0.87
-  at 30 000 entries and 0.55 at 300 000; with the merge 1.0 at both, for query
-  p50 0.16 -> 0.39 ms and 0.20 -> 0.75 ms (bench/memory.py, 2 shared cores).
-  Its cost is bounded by ``coarse_rows`` whatever the window size.  Below
-  ``coarse_min_span`` HNSW alone already finds the true neighbours (recall@10
-  1.0 at 3 000 entries) and the pass would only add its ~0.2 ms;
-* similarities are always recomputed from the stored vectors, so all engines
-  report the same numbers for the same entry.
-
-Compact storage (``storage='float16'`` or ``'int8'``)
----------------------------------------------------
-The ring keeps its own copy of every vector (exact scans, similarities, time
-lookups, ``vector_of``).  That copy may be float16 (half the bytes) or int8 with
-one float32 scale per vector (a quarter plus 4 bytes).  hnswlib itself always
-stores float32 (its Python binding has no half or 8-bit space), so compact
-storage shrinks our copy only.  Measured per 384-d vector at 30 000 entries,
-graph included: 3.46 KB (float32) -> 2.69 KB (float16, -22 %) or 2.31 KB (int8,
--33 %).  The cost: reported similarities are off by at most
-``scale / 2 * ||q||_1`` (int8; measured max 1.2e-3) or 2^-11 relative per
-component (float16; 6e-5), and the exact-scan path ranks on those similarities
-(recall@10 against float64 brute force 0.999 for int8, 1.0 for float16).  numpy
-has no half or int8 GEMV, so compact copies are widened block by block to scan:
-int8 scans about as fast as float32, float16 about 8x slower (numpy's half
-conversion is not vectorised) -- prefer int8.  ``bench/memory_storage.py``.
+Query engines (exact scan, HNSW, the time-strided coarse pass) live in :mod:`.search`,
+the compact vector copy (``storage='float16'`` or ``'int8'``) in :mod:`.storage`, the
+result types and constants in :mod:`.entries` and the argument checks in
+:mod:`.validation`.  This module keeps the window itself: inserts, eviction and
+time lookups.
 """
 
 from __future__ import annotations
@@ -62,10 +31,14 @@ import logging
 import math
 import operator
 import threading
-from dataclasses import dataclass
 
 import hnswlib
 import numpy as np
+
+from .entries import BACKWARDS_TOLERANCE_S, STORAGE_CHOICES, InsertResult, MemoryEntry, MemoryInputError
+from .search import WindowSearch
+from .storage import QuantisedVectors
+from .validation import _as_int, _finite_float, _nonnegative_float, _normalised, _positive_float, _positive_int
 
 __all__ = [
     "MemoryInputError",
@@ -76,48 +49,8 @@ __all__ = [
     "STORAGE_CHOICES",
 ]
 
-#: An insert whose stamp is older than the newest stored stamp by more than this
-#: is "time going backwards" (bag loop, clock jump) and resets the window.  Equal
-#: stamps and sub-microsecond jitter (float round-off of sec+nanosec stamps) are
-#: accepted as the normal case.
-BACKWARDS_TOLERANCE_S = 1e-6
 
-# Smallest vector norm we are willing to normalise: below it the direction is
-# numerical noise (and an all-zero vector has no direction at all).
-_MIN_NORM = float(np.finfo(np.float32).tiny)
-
-#: Element types of the ring's own vector copy (hnswlib always keeps float32).
-STORAGE_CHOICES = ("float32", "float16", "int8")
-
-
-class MemoryInputError(ValueError):
-    """A rejected input (vector, stamp, sequence, query argument).
-
-    Named so it does not shadow the builtin ``MemoryError``; a ``ValueError`` so
-    callers that already catch bad values keep working.
-    """
-
-
-@dataclass(frozen=True)
-class MemoryEntry:
-    """One stored frame returned by a query."""
-
-    sequence: int  #: frame sequence number given at insert
-    stamp_s: float  #: capture stamp given at insert (seconds, message time)
-    similarity: float  #: cosine similarity to the query vector (nan when no vector was given)
-
-
-@dataclass(frozen=True)
-class InsertResult:
-    """What one insert did to the window."""
-
-    window_size: int  #: entries stored after the insert (includes the new one)
-    evicted: int  #: entries removed by this insert (TTL + capacity + reset)
-    reset: bool  #: time went backwards and the window was cleared before inserting
-    keyframe: bool = False  #: also kept in a long-horizon tier (TieredMemory; always False here)
-
-
-class TemporalMemory:
+class TemporalMemory(WindowSearch):
     """Sliding window of recent L2-normalised frame embeddings (thread-safe).
 
     Parameters
@@ -139,12 +72,12 @@ class TemporalMemory:
     space: ``'cosine'`` or ``'ip'``; identical here because every vector is
         normalised on the way in, so hnswlib always runs its cheaper ``'ip'`` space.
     coarse_rows, coarse_top, coarse_min_span: the time-strided coarse scan (see
-        "Query engines"; ``coarse_rows=0`` turns it off).
+        "Query engines" in :mod:`.search`; ``coarse_rows=0`` turns it off).
     exact_threshold: a time-restricted query whose qualifying entries span at most
         this many consecutive window entries is answered by an exact numpy scan.
     random_seed: hnswlib level generator seed (reproducible graphs).
     storage: element type of the ring's vector copy, one of ``STORAGE_CHOICES``
-        (see "Compact storage" above; hnswlib keeps float32 regardless).
+        (see "Compact storage" in :mod:`.storage`; hnswlib keeps float32 regardless).
     logger: anything with ``.warning(str)`` (a ``logging.Logger`` or an rclpy
         logger); messages are pre-formatted strings so both work.
     """
@@ -201,9 +134,7 @@ class TemporalMemory:
         self._lock = threading.Lock()
 
         # Ring storage keyed by slot = label % capacity.
-        self._vecs = np.zeros((self._capacity, self._dim), dtype=np.dtype(storage))
-        # int8: v ~= scale * q with q in [-127, 127] (symmetric, one scale per vector).
-        self._scales = np.ones(self._capacity, dtype=np.float32) if storage == "int8" else None
+        self._vectors = QuantisedVectors(self._capacity, self._dim, storage)
         self._stamps = np.full(self._capacity, np.nan, dtype=np.float64)
         self._seqs = np.zeros(self._capacity, dtype=np.int64)
         self._first = 0  # label of the oldest stored entry
@@ -246,7 +177,7 @@ class TemporalMemory:
     @property
     def vector_bytes(self) -> int:
         """Bytes of the ring's vector copy (excluding hnswlib's own float32 copy)."""
-        return self._vecs.nbytes + (0 if self._scales is None else self._scales.nbytes)
+        return self._vectors.nbytes
 
     @property
     def size(self) -> int:
@@ -297,7 +228,7 @@ class TemporalMemory:
                             f"stamp_s={stamp!r} is {stamp - now:.6g} s ahead of now_s={now!r}; "
                             f"at most max_future_s={self._max_future_s!r} s ahead is accepted"
                         )
-                vec = self._normalised(vector, "vector")
+                vec = _normalised(vector, self._dim, "vector")
             except MemoryInputError:
                 self._n_rejected += 1
                 raise
@@ -339,7 +270,7 @@ class TemporalMemory:
             self._index.add_items(vec[None, :], np.array([label], dtype=np.uint64),
                                   num_threads=1, replace_deleted=True)
             slot = label % self._capacity
-            self._store(slot, vec)
+            self._vectors.store(slot, vec)
             self._stamps[slot] = stamp
             self._seqs[slot] = seq
             self._seq_to_label[seq] = label
@@ -382,7 +313,7 @@ class TemporalMemory:
         """
         with self._lock:
             try:
-                q = self._normalised(vector, "query vector")
+                q = _normalised(vector, self._dim, "query vector")
                 k = _positive_int("k", k, MemoryInputError)
                 min_age = _finite_float("min_age_s", min_age_s)
                 max_age = None if max_age_s is None else _finite_float("max_age_s", max_age_s)
@@ -429,7 +360,7 @@ class TemporalMemory:
         inserted).  ``similarity`` is the cosine to ``vector`` when given, else nan."""
         target = _finite_float("stamp_s", stamp_s)
         with self._lock:
-            q = None if vector is None else self._normalised(vector, "vector")
+            q = None if vector is None else _normalised(vector, self._dim, "vector")
             pos = self._nearest_pos(target)
             return None if pos is None else self._entry_at(pos, q)
 
@@ -446,7 +377,7 @@ class TemporalMemory:
         tol = lb / 2.0 if tolerance_s is None else _nonnegative_float("tolerance_s", tolerance_s, MemoryInputError)
         at = None if at_stamp_s is None else _finite_float("at_stamp_s", at_stamp_s)
         with self._lock:
-            q = self._normalised(vector, "vector")
+            q = _normalised(vector, self._dim, "vector")
             if self._next == self._first:
                 return None
             target = (self._newest if at is None else at) - lb
@@ -464,7 +395,7 @@ class TemporalMemory:
             label = self._seq_to_label.get(seq)
             if label is None or not (self._first <= label < self._next):
                 return None
-            return self._vector_at(label % self._capacity)
+            return self._vectors.vector_at(label % self._capacity)
 
     def entries(self) -> list[MemoryEntry]:
         """Every stored entry, oldest first (similarity nan)."""
@@ -513,63 +444,6 @@ class TemporalMemory:
         self._first = self._next  # labels stay monotonic across resets
         self._newest = None
         self._seq_to_label.clear()
-
-    def _normalised(self, vector, what: str) -> np.ndarray:
-        try:
-            arr = np.asarray(vector, dtype=np.float64)
-        except (TypeError, ValueError) as exc:
-            raise MemoryInputError(f"{what}: expected a numeric array of shape ({self._dim},), "
-                                   f"got {type(vector).__name__} ({exc})") from None
-        if arr.ndim == 2 and arr.shape[0] == 1:
-            arr = arr[0]
-        if arr.shape != (self._dim,):
-            raise MemoryInputError(f"{what}: wrong dimension, expected shape ({self._dim},), got shape {arr.shape}")
-        finite = np.isfinite(arr)
-        if not finite.all():
-            bad = int(np.flatnonzero(~finite)[0])
-            raise MemoryInputError(
-                f"{what}: expected finite values, got {int((~finite).sum())} non-finite (NaN/Inf), "
-                f"first at index {bad} = {float(arr[bad])!r}")
-        norm = float(np.linalg.norm(arr))
-        if not norm > _MIN_NORM:
-            raise MemoryInputError(f"{what}: zero-norm vector (norm {norm!r}); expected a non-zero embedding")
-        # Re-normalise defensively: upstream promises unit vectors, but inner
-        # product == cosine only holds if they really are.
-        return (arr / norm).astype(np.float32)
-
-    def _store(self, slot: int, vec: np.ndarray) -> None:
-        if self._scales is None:
-            self._vecs[slot] = vec  # float32, or float16 rounded to nearest by numpy
-            return
-        # Symmetric per-vector scale: the largest component maps to +-127, so a unit
-        # vector's rounding error is at most scale/2 per component.
-        peak = float(np.max(np.abs(vec)))
-        scale = peak / 127.0 if peak > 0.0 else 1.0
-        self._vecs[slot] = np.clip(np.rint(vec / scale), -127, 127).astype(np.int8)
-        self._scales[slot] = scale
-
-    def _vector_at(self, slot: int) -> np.ndarray:
-        """A float32 copy of the stored vector (dequantised for compact storage)."""
-        v = self._vecs[slot].astype(np.float32)
-        return v if self._scales is None else v * self._scales[slot]
-
-    def _dot(self, a: int, b: int, q: np.ndarray) -> np.ndarray:
-        """Similarities of ring slots [a, b) to ``q`` (float32)."""
-        if self._storage == "float32":
-            return self._vecs[a:b] @ q
-        # Compact copies are widened to float32 block by block for BLAS (numpy has no
-        # half or int8 GEMV); the block keeps the temporary small and in cache.
-        out = np.empty(b - a, dtype=np.float32)
-        for c in range(a, b, 2048):
-            d = min(b, c + 2048)
-            out[c - a:d - a] = self._vecs[c:d].astype(np.float32) @ q
-        if self._scales is not None:
-            out *= self._scales[a:b]
-        return out
-
-    def _dot_slots(self, slots: np.ndarray, q: np.ndarray) -> np.ndarray:
-        s = self._vecs[slots].astype(np.float32, copy=False) @ q
-        return s if self._scales is None else s * self._scales[slots]
 
     def _ordered(self, ring: np.ndarray, lo: int = 0, hi: int | None = None) -> np.ndarray:
         """Window positions [lo, hi) of a ring array, oldest first (a view when no wrap)."""
@@ -623,194 +497,5 @@ class TemporalMemory:
 
     def _entry_at(self, pos: int, q: np.ndarray | None) -> MemoryEntry:
         slot = (self._first + pos) % self._capacity
-        sim = math.nan if q is None else float(self._dot(slot, slot + 1, q)[0])
+        sim = math.nan if q is None else float(self._vectors.dot(slot, slot + 1, q)[0])
         return MemoryEntry(int(self._seqs[slot]), float(self._stamps[slot]), sim)
-
-    def _scan(self, lo: int, hi: int, q: np.ndarray) -> np.ndarray:
-        """Similarities of window positions [lo, hi) to ``q``: contiguous ring slices, no gather copy."""
-        a = (self._first + lo) % self._capacity
-        b = a + (hi - lo)
-        if b <= self._capacity:
-            return self._dot(a, b, q)
-        return np.concatenate((self._dot(a, self._capacity, q), self._dot(0, b - self._capacity, q)))
-
-    def _exact_locked(self, q: np.ndarray, k: int, lo: int, hi: int, sub: np.ndarray | None) -> list[MemoryEntry]:
-        """Exact top-k over window positions [lo, hi); ``sub`` masks positions within it."""
-        self._n_queries_exact += 1
-        scores = self._scan(lo, hi, q)
-        if sub is not None:
-            cand = np.flatnonzero(sub)
-            scores = scores[cand]
-        else:
-            cand = None
-        if scores.size > k:
-            top = np.argpartition(-scores, k - 1)[:k]
-        else:
-            top = np.arange(scores.size)
-        pos = top if cand is None else cand[top]
-        # Best first; equal scores: newer first (deterministic).
-        order = np.lexsort((-pos, -scores[top]))
-        slots = ((self._first + lo + pos[order]) % self._capacity).astype(np.int64)
-        seqs = self._seqs[slots].tolist()
-        stamps = self._stamps[slots].tolist()
-        sims = scores[top[order]].astype(np.float64).tolist()
-        return [MemoryEntry(a, b, c) for a, b, c in zip(seqs, stamps, sims)]
-
-    def _hnsw_locked(self, q: np.ndarray, kk: int, allowed: list | None, lo: int, hi: int,
-                     sub: np.ndarray | None) -> list[MemoryEntry]:
-        """HNSW top-kk over window positions [lo, hi) (``allowed`` masks within it)."""
-        first = self._first
-        lab_lo, lab_hi = first + lo, first + hi
-        if lo == 0 and hi == self._next - first and allowed is None:
-            flt = None  # whole window: hnswlib already skips deleted (evicted) nodes
-        elif allowed is None:
-            def flt(label, _lo=lab_lo, _hi=lab_hi):
-                return _lo <= label < _hi
-        else:
-            def flt(label, _lo=lab_lo, _hi=lab_hi, _ok=allowed):
-                return _lo <= label < _hi and _ok[label - _lo]
-        ef = max(self._ef_search, kk)
-        if ef != self._ef:
-            self._index.set_ef(ef)
-            self._ef = ef
-        try:
-            labels, _ = self._index.knn_query(q[None, :], k=kk, num_threads=1, filter=flt)
-        except RuntimeError:
-            # hnswlib raises when it cannot collect kk results (graph walk blocked by
-            # deleted nodes or a very selective filter): answer exactly instead.
-            self._n_hnsw_fallbacks += 1
-            return self._exact_locked(q, kk, lo, hi, sub)
-        self._n_queries_hnsw += 1
-        # Defensive: never report anything outside the live window / the filter.
-        labs = labels[0].astype(np.int64)
-        labs = labs[(labs >= lab_lo) & (labs < lab_hi)]
-        if allowed is not None:
-            labs = labs[sub[labs - lab_lo]]
-        # Exact similarity from the stored vectors (hnswlib's 1 - distance loses a
-        # few ulps), so exact and HNSW paths report identical numbers.
-        sims = self._dot_slots(labs % self._capacity, q)
-        if self._coarse_rows and hi - lo > max(self._coarse_rows, self._coarse_min_span):
-            pos, psims = self._coarse_candidates(q, kk, lo, hi, sub)
-            labs, keep = np.unique(np.concatenate((labs, pos + first)), return_index=True)
-            sims = np.concatenate((sims, psims))[keep]
-        if labs.size == 0:
-            return []
-        if labs.size > kk:  # coarse candidates: keep the best kk before building entries
-            top = np.argpartition(-sims, kk - 1)[:kk]
-            labs, sims = labs[top], sims[top]
-        slots = labs % self._capacity
-        order = np.lexsort((-labs, -sims))  # best first; ties: newer first
-        slots = slots[order]
-        seqs = self._seqs[slots].tolist()
-        stamps = self._stamps[slots].tolist()
-        return [MemoryEntry(a, b, c) for a, b, c in zip(seqs, stamps, sims[order].astype(np.float64).tolist())]
-
-    def _coarse_candidates(self, q: np.ndarray, kk: int, lo: int, hi: int,
-                           sub: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
-        """(window positions, similarities) of up to ``kk`` best entries per neighbourhood found by the
-        time-strided coarse scan over [lo, hi) (``sub`` masks within it)."""
-        self._n_queries_coarse += 1
-        span = hi - lo
-        stride = -(-span // self._coarse_rows)  # ceil: at most coarse_rows samples
-        # Samples are aligned to the newest end of the span (its last entry is always one): "what does
-        # now look like" queries are the most common, and on a long window the nearest sample to the
-        # present could otherwise sit a whole stride back, with its similarity down in the noise.
-        off = (span - 1) % stride
-        # Sample the ring in place with strided views (numpy hands a fixed row stride to BLAS: no
-        # gather copy); the window is one contiguous ring range, or two when it wraps.
-        a = (self._first + lo) % self._capacity
-        b = a + span
-        if b <= self._capacity:
-            scores = self._strided_dot(a + off, b, stride, q)
-            pos = lo + off + stride * np.arange(scores.size)
-        else:
-            p0 = lo + self._capacity - a  # window position of ring slot 0
-            off2 = (lo + off - p0) % stride  # first sample in the wrapped part, same phase
-            s1 = self._strided_dot(a + off, self._capacity, stride, q)
-            s2 = self._strided_dot(off2, b - self._capacity, stride, q)
-            scores = np.concatenate((s1, s2))
-            pos = np.concatenate((lo + off + stride * np.arange(s1.size), p0 + off2 + stride * np.arange(s2.size)))
-        if sub is not None:
-            scores = np.where(sub[pos - lo], scores, -np.inf)
-        m = min(self._coarse_top, scores.size)
-        top = np.argpartition(-scores, m - 1)[:m]
-        best = np.sort(pos[top[np.isfinite(scores[top])]])  # a fully masked sample seeds nothing
-        # Scan the full neighbourhood of each best sample (everything short of the next sample either
-        # side) as contiguous ring slices, overlapping neighbourhoods merged.
-        pos_out, sim_out = [], []
-        i = 0
-        while i < best.size:
-            r0, r1 = max(lo, int(best[i]) - stride + 1), min(hi, int(best[i]) + stride)
-            while i + 1 < best.size and int(best[i + 1]) - stride + 1 <= r1:
-                i += 1
-                r1 = min(hi, int(best[i]) + stride)
-            i += 1
-            sc = self._scan(r0, r1, q)
-            if sub is not None:
-                sc = np.where(sub[r0 - lo:r1 - lo], sc, -np.inf)
-            if sc.size > kk:
-                t = np.argpartition(-sc, kk - 1)[:kk]
-            else:
-                t = np.arange(sc.size)
-            t = t[np.isfinite(sc[t])]
-            pos_out.append(r0 + t)
-            sim_out.append(sc[t])
-        if not pos_out:
-            return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
-        return np.concatenate(pos_out).astype(np.int64), np.concatenate(sim_out).astype(np.float32)
-
-    def _strided_dot(self, a: int, b: int, stride: int, q: np.ndarray) -> np.ndarray:
-        rows = self._vecs[a:b:stride]
-        if self._scales is None:
-            return rows @ q if rows.dtype == np.float32 else rows.astype(np.float32) @ q
-        return (rows.astype(np.float32) @ q) * self._scales[a:b:stride]
-
-
-# ---------------------------------------------------------------------- validation helpers
-
-def _as_int(name: str, value) -> int:
-    if isinstance(value, (bool, np.bool_)):
-        raise MemoryInputError(f"{name}: expected an integer, got bool {value!r}")
-    try:
-        out = operator.index(value)
-    except TypeError:
-        raise MemoryInputError(f"{name}: expected an integer, got {type(value).__name__} {value!r}") from None
-    if not (-(2**63) <= out < 2**63):
-        raise MemoryInputError(f"{name}: expected a 64-bit integer, got {out!r}")
-    return out
-
-
-def _finite_float(name: str, value, exc=MemoryInputError) -> float:
-    try:
-        out = float(value)
-    except (TypeError, ValueError):
-        raise exc(f"{name}: expected a finite number, got {type(value).__name__} {value!r}") from None
-    if not math.isfinite(out):
-        raise exc(f"{name}: expected a finite number, got {out!r}")
-    return out
-
-
-def _positive_float(name: str, value, exc=ValueError) -> float:
-    out = _finite_float(name, value, exc)
-    if out <= 0.0:
-        raise exc(f"{name}: expected a positive number, got {out!r}")
-    return out
-
-
-def _nonnegative_float(name: str, value, exc=ValueError) -> float:
-    out = _finite_float(name, value, exc)
-    if out < 0.0:
-        raise exc(f"{name}: expected a number >= 0, got {out!r}")
-    return out
-
-
-def _positive_int(name: str, value, exc=ValueError) -> int:
-    if isinstance(value, (bool, np.bool_)):
-        raise exc(f"{name}: expected a positive integer, got bool {value!r}")
-    try:
-        out = operator.index(value)
-    except TypeError:
-        raise exc(f"{name}: expected a positive integer, got {type(value).__name__} {value!r}") from None
-    if out < 1:
-        raise exc(f"{name}: expected a positive integer, got {out!r}")
-    return out

@@ -14,8 +14,8 @@ under load. Resolving every frame costs one memcpy (640x480 bgr8: 0.9 MB, ~0.1-0
 reference, no copy), and the ring holds `frame_ring` frames (8 x 0.9 MB).
 
 Analysers (`analyser`): second_opinion (offline: HOG people detector + ImageNet classifier described in words,
-checked against the action's prompts with MiniLM; vidaction_ros/second_opinion.py) or vlm (a local
-vision-language model directory, `model_path`; vidaction_ros/vlm_analyser.py).
+checked against the action's prompts with MiniLM; vidaction_ros/escalation/second_opinion.py) or vlm (a local
+vision-language model directory, `model_path`; vidaction_ros/escalation/vlm_analyser.py).
 """
 from __future__ import annotations
 

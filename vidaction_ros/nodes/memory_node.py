@@ -1,7 +1,7 @@
 """Temporal memory node: Embedding in, MemoryContext out (the embedding plus what memory knows about it).
 
 The window is an hnswlib index of the last `capacity` frames, evicted by age in message time. Beside it,
-unless `long_capacity` is 0, a long-horizon keyframe tier (memory_tiers.TieredMemory) keeps a frame every
+unless `long_capacity` is 0, a long-horizon keyframe tier (memory.tiers.TieredMemory) keeps a frame every
 `keyframe_interval_s` and every novel frame for `long_ttl_s`, so "what did the scene look like 2 min ago?"
 and "have I seen this place before?" work beyond the window. Ad-hoc queries go through the `memory/query`
 service and search both tiers; the per-frame context looks back through both tiers too (the window first

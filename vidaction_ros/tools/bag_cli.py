@@ -92,7 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _from_video(args) -> int:
-    from ..ingest.bags import BagError, VideoToBag, write_video_bag
+    from ..ingest.bags import BagError
+    from .bag_writer import VideoToBag, write_video_bag
     options = VideoToBag(topic=args.topic, compressed=args.compressed, codec=args.codec,
                          jpeg_quality=args.jpeg_quality, width=args.width, start_s=args.start_s, end_s=args.end_s,
                          step=args.step, time_origin_s=args.time_origin, storage=args.storage,

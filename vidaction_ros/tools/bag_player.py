@@ -2,7 +2,7 @@
 have no rosbag2). Publishes a bag's messages with real rclpy at the recorded pacing (or a rate), optionally
 with /clock so the nodes under test can run with use_sim_time:=true.
 
-Thin over bag_io: reading and pacing are the pure core; this module only publishes. Messages are published
+Thin over ingest.bags (reading) and bag_pacer (pacing), the pure cores; this module only publishes. Messages are published
 as their recorded CDR bytes (rclpy's Publisher.publish accepts bytes and hands them to
 rcl_publish_serialized_message), so nothing is deserialised and re-serialised on the way: a bag's frames go
 out exactly as recorded, header stamps included.
@@ -29,7 +29,8 @@ from rclpy.duration import Duration
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 
-from ..ingest.bags import NS, BagError, Pacer, bag_info, normalise_topic, read_raw
+from ..ingest.bags import NS, BagError, bag_info, normalise_topic, read_raw
+from .bag_pacer import Pacer
 
 # rclcpp's ClockQoS and rclpy's TimeSource subscription: best effort, keep last 1. A newer clock value
 # supersedes an older one, so retransmitting a lost one is pointless.

@@ -6,7 +6,7 @@ Subclasses (onnxruntime, torch, TensorRT) only run two encoders:
     _encode_images(pixel_values NCHW float32) -> (N, dim)
     _encode_texts(input_ids (N, L) int64, attention_mask (N, L) int64) -> (N, dim)
 
-Two directory formats are understood (see README, "Bring your own CLIP"):
+Two directory formats are understood (see docs/backends.md):
   * a Hugging Face transformers directory: config.json (model_type clip / siglip / ...), weights,
     preprocessor_config.json, tokenizer files;
   * a vidaction ONNX directory written by `python -m vidaction_ros.perception.backends.clip_export`:
