@@ -10,7 +10,9 @@ crop / normalise, the model, the L2 normalisation (what the embedder node pays p
 cost of one frame plus three policy regions, the TensorRT backend's default max_batch). Frames: evenly
 spaced frames of the bundled demo video, resized to the working resolution 640x480. No DDS, no rclpy.
 Rows, all in the same run:
-  cpu         the offline default backend (ConSE: EfficientNet-Lite0 + HOG -> MiniLM), as the node builds it
+  cpu         the offline default backend (ConSE: EfficientNet-Lite0 + YOLOv3-tiny COCO detector -> MiniLM), as
+              the node builds it, and beside it `cpu:hog`, the same backend with the HOG people detector (the
+              default until 2026-12-04), so the detector's cost shows as a ratio in the same run
   clip_onnx   --model-dir's ONNX export on onnxruntime, CPU (and CUDA when onnxruntime-gpu has it)
   clip_hf     --model-dir on torch, CPU fp32
   torch_cuda  --model-dir on torch, CUDA fp16
@@ -283,8 +285,12 @@ def main(argv=None) -> int:
 
         if 'cpu' in groups:
             results += run_rows(lambda: create_backend('cpu', threads=threads),
-                                rows('cpu', 'conse default (EfficientNet-Lite0+HOG)', 'fp32', 'cpu',
+                                rows('cpu', 'conse default (EfficientNet-Lite0+YOLOv3-tiny)', 'fp32', 'cpu',
                                      'the offline default backend as the embedder node builds it'),
+                                frames, args, log)
+            results += run_rows(lambda: create_backend('cpu', detector='hog', threads=threads),
+                                rows('cpu:hog', 'conse, detector hog (the default before 2026-12-04)', 'fp32',
+                                     'cpu', 'the previous default, for the before/after ratio'),
                                 frames, args, log)
 
         dir_groups = [g for g in ('clip_onnx', 'clip_hf', 'torch_cuda', 'tensorrt') if g in groups]

@@ -70,6 +70,9 @@ LAUNCH_ARGS = (
     LaunchArg('precision', '', 'torch_cuda: fp16/bf16/fp32; tensorrt: fp16/int8/fp8/fp32 (empty = fp16 on GPU)',
               (('embedder', 'precision'), ('policy', 'precision')),
               choices=('', 'fp32', 'fp16', 'bf16', 'int8', 'fp8')),
+    LaunchArg('detector', 'coco', 'cpu backend: object detector for embedder and policy: coco (80 COCO classes), hog '
+              '(upright people only, cheaper) or none',
+              (('embedder', 'detector'), ('policy', 'detector')), choices=('coco', 'hog', 'none')),
     LaunchArg('escalation', 'false', 'also start the escalation node: a second opinion on protective or unsure '
               'Actions, published on escalation, never delaying the Action', (), 'bool'),
     LaunchArg('interop_image_topic', '', 'also publish frames as sensor_msgs/Image on this topic (rviz, bags)',

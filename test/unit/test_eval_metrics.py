@@ -53,6 +53,41 @@ def test_lengths_must_match():
         episodes([0, 1, 2], [True, False])
 
 
+# -- steadiness: toggles, frame recall after the first firing, release ------------------------------------------
+def test_a_steady_span_has_no_toggles_and_a_measured_release():
+    # Active 11.0..21.0 on the 0.5 s grid; the span ends at 20.0; first inactive frame 21.5.
+    m = event_metrics(T, active_between(T, (11.0, 21.0)), [SPAN])
+    sp = m.spans[0]
+    assert sp.toggles == 0 and m.toggles == 0
+    assert sp.frame_recall_after_first == 1.0          # 11.0..20.0: 19 frames, all active
+    assert sp.release_s == 21.5 and sp.release_delay_s == 1.5
+    assert m.release_delay_s == {'mean': 1.5, 'min': 1.5, 'max': 1.5, 'n': 1}
+
+
+def test_flapping_inside_a_span_counts_toggles_and_lost_frames():
+    # STOP -> CONTINUE -> STOP twice inside the span: onsets 11.0, 14.0, 17.0 -> 2 toggles.
+    # Frames 11.0..20.0 = 19; active 4 + 4 + 3 = 11 of them -> recall 11/19. Released at 18.5 (last active
+    # frame 18.0): 1.5 s before the span ended.
+    active = active_between(T, (11.0, 12.5), (14.0, 15.5), (17.0, 18.0))
+    sp = event_metrics(T, active, [SPAN]).spans[0]
+    assert sp.toggles == 2
+    assert sp.frame_recall_after_first == pytest.approx(11 / 19)
+    assert sp.release_s == 18.5 and sp.release_delay_s == -1.5
+
+
+def test_onsets_after_the_span_are_not_toggles_and_a_missed_span_has_no_steadiness():
+    # A re-fire at 21.0 (after the end, inside after_s) is a refire for the event metrics, not a toggle.
+    m = event_metrics(T, active_between(T, (12.0, 20.0), (21.0, 21.0)), [SPAN])
+    assert m.spans[0].toggles == 0 and m.refires == 1 and m.spans[0].release_s == 20.5
+    missed = event_metrics(T, [False] * len(T), [SPAN]).spans[0]
+    assert (missed.toggles, missed.frame_recall_after_first, missed.release_s) == (0, None, None)
+
+
+def test_still_active_when_the_recording_ends_has_no_release():
+    sp = event_metrics(T, active_between(T, (12.0, 30.0)), [SPAN]).spans[0]
+    assert sp.release_s is None and sp.release_delay_s is None and sp.toggles == 0
+
+
 # -- event metrics --------------------------------------------------------------------------------------------
 def test_fires_inside_the_span_late():
     m = event_metrics(T, active_between(T, (12.0, 15.0)), [SPAN])

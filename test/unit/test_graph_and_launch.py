@@ -1,7 +1,6 @@
 """The launch files, the launch-free entry point and the graph description must agree."""
 import ast
 import importlib
-from pathlib import Path
 
 import pytest
 import yaml

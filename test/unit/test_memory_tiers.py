@@ -209,7 +209,7 @@ def test_bad_configuration_rejected(kwargs):
 
 def test_two_minutes_ago_and_seen_before_beyond_the_window():
     # 10 Hz for 200 s of a video-like walk; window 5 s; keyframes every 2 s (novelty off) for 5 min.
-    dim, fps, n = 32, 10.0, 2000
+    dim, n = 32, 2000
     rng = np.random.default_rng(1)
     data = sphere_walk(rng, n, dim, cos=0.995)
     mem = TieredMemory(dim, capacity=100, ttl_s=5.0, long_capacity=500, long_ttl_s=300.0, keyframe_interval_s=2.0,

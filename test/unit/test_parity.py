@@ -120,7 +120,7 @@ def test_compare_gates_by_precision_and_reports_int8():
 def test_policy_decisions_on_hand_made_vectors():
     spec = parse_policy({'version': 1, 'actions': [
         {'name': 'STOP', 'code': 'STOP', 'priority': 200, 'prompts': ['person'], 'contrast': ['lawn'],
-         'enter': 0.3, 'exit': 0.2}]})
+         'enter': 0.3, 'exit': 0.2, 'min_clear_s': 0.0}]})     # released as soon as the margin drops
     texts = ['person', 'lawn']
     e = np.eye(3, dtype=np.float32)
     frames = np.stack([e[1], e[0], e[0], e[1], (e[0] + e[1]) / np.sqrt(2)])   # margins -1, 1, 1, -1, 0

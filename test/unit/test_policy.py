@@ -68,8 +68,11 @@ def rule(name, code, priority, prompts=('a person',), contrast=('an empty lawn',
 
 
 def engine(actions=(), temporal=(), regions=None, logger=None, embed=None):
+    # Each mechanism is tested alone: rules release as soon as hysteresis / hold / cooldown let them unless a
+    # test asks for min_clear_s (its own tests below); the file default is tested in test_defaults_and_codes.
     data = {'version': 1, 'default_action': {'name': 'CONTINUE', 'code': 'CONTINUE'},
-            'actions': list(actions), 'temporal': list(temporal)}
+            'actions': [{'min_clear_s': 0.0, **r} for r in actions],
+            'temporal': [{'min_clear_s': 0.0, **r} for r in temporal]}
     if regions:
         data['regions'] = regions
     return PolicyEngine(parse_policy(data), embed or FakeEmbed(), logger=logger or ListLogger())
@@ -151,6 +154,10 @@ BAD_FILES = [
     ('temperature-with-margin', edit('score: margin', 'score: margin\n    temperature: 0.05'),
      'actions[1].temperature', 'softmax only'),
     ('negative-hold', edit('min_hold_s: 1.0', 'min_hold_s: -1'), 'actions[1].min_hold_s', '>= 0'),
+    ('negative-clear', edit('min_hold_s: 1.0', 'min_hold_s: 1.0\n    min_clear_s: -0.5'), 'actions[1].min_clear_s',
+     '>= 0'),
+    ('text-clear', edit('min_hold_s: 1.0', 'min_hold_s: 1.0\n    min_clear_s: soon'), 'actions[1].min_clear_s',
+     'soon'),
     ('negative-cooldown', edit('cooldown_s: 0.0', 'cooldown_s: -0.5'), 'actions[1].cooldown_s', '>= 0'),
     ('polygon-outside-image', edit('[1.0, 0.90]', '[1.5, 0.90]'), 'regions.near_zone.polygon', 'outside'),
     ('polygon-zero-area', edit('[[0.0, 0.47], [1.0, 0.90], [1.0, 1.0], [0.0, 1.0]]',
@@ -290,13 +297,15 @@ def test_defaults_and_codes():
                          'actions': [rule('BRAKE', 'EMERGENCY_BRAKE', 'CRITICAL', enter=0.3)],
                          'temporal': None})
     r, = spec.actions
-    # exit defaults to enter (no hysteresis); full frame; margin; no hold or cooldown; CONTINUE default.
+    # exit defaults to enter (no hysteresis); full frame; margin; no hold or cooldown; CONTINUE default;
+    # released only after half a second past exit (the documented min_clear_s default).
     assert (r.exit, r.region, r.score, r.min_hold_s, r.cooldown_s) == (0.3, FULL_FRAME, 'margin', 0.0, 0.0)
+    assert r.min_clear_s == 0.5
     assert (r.code, r.priority) == (4, 255)
     assert (spec.default_action.name, spec.default_action.code) == ('CONTINUE', 0)
     t = parse_policy({'version': 1, 'temporal': [{'name': 'H', 'code': 'HOVER', 'priority': 1,
                                                   'lookback_s': 1, 'below_similarity': 0.5}]}).temporal[0]
-    assert t.exit_similarity == 0.5 and t.lookback_s == 1.0
+    assert t.exit_similarity == 0.5 and t.lookback_s == 1.0 and t.min_clear_s == 0.5
 
 
 def test_the_package_default_policy_is_valid():
@@ -495,6 +504,50 @@ def test_min_hold_keeps_action_after_score_drops():
     assert 'held until 1.000 s by min_hold 1 s' in d[1].reason
     # The hold is measured from firing (t=0), not from the last frame above threshold (t=0.875): released at 1.0.
     assert d[4].changed
+
+
+# Frames every 0.125 s (exact in binary), enter 0.25, exit 0.125, min_clear 0.5 s = four frames past exit.
+def _clear_run(scores, **kw):
+    eng = engine([rule('STOP', 'STOP', 200, enter=0.25, exit=0.125, min_clear_s=0.5, **kw)])
+    return [eng.decide(obs(i * 0.125, person=s)) for i, s in enumerate(scores)]
+
+
+def test_min_clear_bridges_a_dip_below_exit():
+    # Fires, dips below exit for three frames (0.375 s < 0.5 s), comes back: one STOP, never a CONTINUE.
+    d = _clear_run([0.5, 0.0, 0.0, 0.0, 0.5, 0.5])
+    assert [x.action for x in d] == ['STOP'] * 6
+    assert [x.trigger for x in d] == ['prompt', 'hold', 'hold', 'hold', 'prompt', 'prompt']
+    assert sum(x.changed for x in d) == 1
+    assert 'held until 0.625 s by min_clear 0.5 s (past exit since 0.125 s)' in d[1].reason
+
+
+def test_min_clear_releases_after_evidence_stays_below_exit():
+    # Below exit from t=0.25: held at 0.25, 0.375, 0.5, 0.625; released at 0.75 = 0.25 + 0.5.
+    d = _clear_run([0.5, 0.5, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0])
+    assert [x.action for x in d] == ['STOP'] * 6 + ['CONTINUE'] * 2
+    assert d[6].changed                                  # frame 6 is t = 0.75 s
+
+
+def test_min_clear_restarts_when_the_evidence_returns():
+    # Inside the hysteresis band (>= exit) counts as evidence: the clear timer restarts from the next dip.
+    d = _clear_run([0.5, 0.0, 0.0, 0.1875, 0.0, 0.0, 0.0, 0.0, 0.0])
+    # dip 1 at 0.125-0.25, back in the band at 0.375, dip 2 from 0.5: released at 1.0 (frame 8)
+    assert [x.action for x in d] == ['STOP'] * 8 + ['CONTINUE']
+
+
+def test_min_clear_and_min_hold_the_later_one_releases():
+    # min_hold 1.0 s outlasts min_clear: held to 1.0 s although the evidence went at 0.125 s.
+    d = _clear_run([0.5] + [0.0] * 9, min_hold_s=1.0)
+    assert [x.action for x in d] == ['STOP'] * 8 + ['CONTINUE'] * 2
+    assert 'by min_hold 1 s' in d[7].reason
+
+
+def test_min_clear_holds_a_memory_rule_too():
+    eng = engine(temporal=[dict(HOVER, min_clear_s=0.5)])
+    sims = [0.5, 0.9, 0.9, 0.9, 0.9, 0.9]
+    d = [eng.decide(obs(i * 0.125, sim=s, lookback=2.0)) for i, s in enumerate(sims)]
+    # fires at 0 s; similarity recovers above exit (0.85) at 0.125 s: released at 0.625 s = 0.125 + 0.5 (frame 5)
+    assert [x.action for x in d] == ['HOVER'] * 5 + ['CONTINUE']
 
 
 def test_cooldown_blocks_refire():

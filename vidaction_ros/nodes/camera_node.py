@@ -21,7 +21,7 @@ from ..ingest.bags import BagFrameSource, is_bag_path
 from ..ingest.compressed import message_to_bgr
 from ..conversions import to_time
 from ..diagnostics import DiagnosticsPublisher, RateMeter, health
-from ..ingest.frame_source import (DEMO_VIDEO, CaptureThread, CapturedFrame, OpenCvSource, SourceError, downscale,
+from ..ingest.frame_source import (DEMO_VIDEO, CaptureThread, CapturedFrame, OpenCvSource, downscale,
                             downscale_into, redact_url, working_size)
 from ..ingest.image_codec import ImageFormatError
 from ..msg import Action, FrameRef, SceneUnchanged

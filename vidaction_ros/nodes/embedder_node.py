@@ -14,7 +14,7 @@ from ..conversions import ms_between, to_time
 from ..diagnostics import DiagnosticsPublisher, RateMeter, health
 from ..transport.frame_store import FrameLost
 from ..ingest.image_codec import ImageFormatError
-from ..msg import Embedding, FrameRef, RegionEmbedding
+from ..msg import Detection, Embedding, FrameRef, RegionEmbedding
 from ..params import Param
 from ..paths import resolve_policy_file
 from ..stats import LatencyWindow
@@ -32,6 +32,10 @@ BACKEND_PARAMS = [
           choices=('', 'cpu', 'cuda')),
     Param('precision', '', 'torch_cuda: fp16 / bf16 / fp32; tensorrt: fp16 / int8 / fp8 / fp32 '
           '("" = the backend\'s default, fp16 on a GPU)', choices=('', 'fp32', 'fp16', 'bf16', 'int8', 'fp8')),
+    Param('detector', 'coco', 'cpu backend: object detector whose classes join the scene context: coco '
+          '(YOLOv3-tiny, 80 COCO classes: people, bicycles, vehicles, ...), hog (OpenCV\'s upright-people '
+          'detector, cheaper) or none',
+          choices=('coco', 'hog', 'none')),
     Param('threads', 1, 'CPU threads of the model runtime (the cpu backend\'s detector uses OpenCV threads '
           'beside it)', 1, 64),
 ]
@@ -63,7 +67,7 @@ def load_regions(policy_file: str):
 
 def backend_params(p: dict, logger=None) -> dict:
     """The backend constructor arguments from a node's parameters (create_backend keeps those it takes)."""
-    names = ('model_path', 'device', 'precision', 'threads', 'max_batch', 'engine_cache_dir',
+    names = ('model_path', 'device', 'precision', 'detector', 'threads', 'max_batch', 'engine_cache_dir',
              'calibration_source', 'calibration_frames', 'cuda_graph')
     return {**{n: p[n] for n in names if n in p}, 'logger': logger}
 
@@ -156,6 +160,9 @@ class EmbedderNode(ManagedNode):
                                                detections=region.detections,
                                                detection_confidence=float(region.confidence)))
         msg.top_concepts = list(result.top_concepts)
+        msg.detections = [Detection(label=d.label, confidence=float(d.confidence), x_min=float(d.x0),
+                                    y_min=float(d.y0), x_max=float(d.x1), y_max=float(d.y1),
+                                    regions=list(d.regions)) for d in result.detections]
         msg.times = times
         self.publisher.publish(msg)
         self.counts['embedded'] += 1

@@ -141,6 +141,9 @@ class PolicyNode(ManagedNode):
         msg.embed_to_decide_ms = ms_between(times.embed_end, times.decided)
         msg.capture_to_decide_ms = ms_between(times.captured, times.decided)
         msg.evidence = ([context.past] if context.has_past else []) + list(context.neighbours)
+        # The objects behind the decision: those in the deciding rule's region (all for the full frame).
+        msg.detections = [d for d in context.embedding.detections
+                          if not decision.region or decision.region in d.regions]
         self.publisher.publish(msg)
         self._last_decision = msg
         self._sent(msg)
@@ -172,7 +175,7 @@ class PolicyNode(ManagedNode):
             return
         msg = Action()
         for field in ('action', 'action_code', 'priority', 'score', 'threshold', 'matched_prompt', 'region',
-                      'frame_sequence'):
+                      'frame_sequence', 'detections'):
             setattr(msg, field, getattr(decided, field))
         msg.header = notice.header
         msg.trigger = Action.TRIGGER_UNCHANGED

@@ -1,30 +1,20 @@
 """People detection with OpenCV's HOG + linear SVM detector (ships inside opencv-python, no download).
 
-ImageNet has no "person" class, so the default embedder adds a detector-derived concept. The detector
+The offline default's lighter alternative to the COCO detector (`detector: hog`), and the people counter of the
+escalation's second opinion. It finds upright, whole, > ~100 px people only. The detector
 searches only the lower part of the frame (`search_top`): on an elevated camera the upper part is far
 away, where people are too small for the 64x128 HOG window anyway, and skipping it cuts the cost ~3x.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 
+from .detections import Detection
 
-@dataclass(frozen=True)
-class Detection:
-    """A detected person in normalised image coordinates (x right, y down, 0..1)."""
-    x0: float
-    y0: float
-    x1: float
-    y1: float
-    confidence: float
 
-    @property
-    def foot(self) -> tuple[float, float]:
-        """Where the person stands. The default people detector's 64x128 window holds a ~96 px person with
-        16 px of margin below the feet, so the ground contact point is 1/8 of the box above its bottom."""
-        return ((self.x0 + self.x1) / 2.0, self.y1 - (self.y1 - self.y0) / 8.0)
+# The default people detector's 64x128 window holds a ~96 px person with 16 px of margin below the feet, so
+# the ground contact point is 1/8 of the box above its bottom.
+HOG_FOOT_MARGIN = 1.0 / 8.0
 
 
 class HogPersonDetector:
@@ -54,5 +44,6 @@ class HogPersonDetector:
         for (x, y, bw, bh), conf in zip(np.asarray(rects).reshape(-1, 4), np.ravel(weights)):
             if conf < self.min_confidence:
                 continue
-            out.append(Detection(x / w, (y + y0) / h, (x + bw) / w, (y + y0 + bh) / h, float(conf)))
+            out.append(Detection(x / w, (y + y0) / h, (x + bw) / w, (y + y0 + bh) / h, float(conf),
+                                 label='person', foot_margin=HOG_FOOT_MARGIN))
         return out

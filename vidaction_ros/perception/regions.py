@@ -81,6 +81,10 @@ class Region:
             return False
         return bool(_contains(self.polygon, np.array([x]), np.array([y]))[0])
 
+    def contains_points(self, xs, ys) -> np.ndarray:
+        """Vectorised `contains`: a boolean array, one entry per (x, y) pair."""
+        return _contains(self.polygon, np.asarray(xs, dtype=np.float64), np.asarray(ys, dtype=np.float64))
+
     def bbox(self) -> tuple[float, float, float, float]:
         """Normalised bounding box (x0, y0, x1, y1) of the polygon."""
         xs = [p[0] for p in self.polygon]

@@ -10,8 +10,8 @@ exports its API, so callers write `from vidaction_ros.policy import PolicyEngine
 
 from .spec import (
     ACTION_CODES, PRIORITY_DEFAULT, PRIORITY_NAMES, TRIGGER_DEFAULT, TRIGGER_PROMPT, TRIGGER_MEMORY,
-    TRIGGER_HOLD, SCORE_KINDS, POLICY_VERSION, LOOKBACK_REL_TOL, PolicyError, DefaultAction, PromptRule,
-    TemporalRule, PolicySpec,
+    TRIGGER_HOLD, SCORE_KINDS, POLICY_VERSION, LOOKBACK_REL_TOL, MIN_CLEAR_DEFAULT_S, PolicyError, DefaultAction,
+    PromptRule, TemporalRule, PolicySpec,
 )
 from .loader import (
     load_policy, parse_policy,
@@ -28,7 +28,8 @@ from .watchdog import (
 
 __all__ = [
     'ACTION_CODES', 'PRIORITY_DEFAULT', 'PRIORITY_NAMES', 'TRIGGER_DEFAULT', 'TRIGGER_PROMPT',
-    'TRIGGER_MEMORY', 'TRIGGER_HOLD', 'SCORE_KINDS', 'POLICY_VERSION', 'LOOKBACK_REL_TOL', 'PolicyError',
+    'TRIGGER_MEMORY', 'TRIGGER_HOLD', 'SCORE_KINDS', 'POLICY_VERSION', 'LOOKBACK_REL_TOL', 'MIN_CLEAR_DEFAULT_S',
+    'PolicyError',
     'DefaultAction', 'PromptRule', 'TemporalRule', 'PolicySpec', 'load_policy', 'parse_policy',
     'score_margin', 'score_softmax', 'Observation', 'Decision', 'PolicyEngine', 'SAME_CLOCK_S',
     'WatchdogEvent', 'PerceptionWatchdog',

@@ -52,12 +52,18 @@ class Decision:
 
 class _RuleState:
     """Per-rule state machine: inactive -> active -> (released, cooling down) -> inactive."""
-    __slots__ = ('active', 'fired_at', 'cooldown_until')
+    __slots__ = ('active', 'fired_at', 'cooldown_until', 'below_since')
 
     def __init__(self):
         self.active = False
         self.fired_at = -math.inf
         self.cooldown_until = -math.inf
+        self.below_since = math.inf      # while active: when the evidence last fell past exit (inf: it has not)
+
+    def held_until(self, rule) -> float:
+        """Message time until which an active rule is held with its evidence past exit: the later of its
+        minimum hold (from firing) and its clear time (evidence past exit for min_clear_s)."""
+        return max(self.fired_at + rule.min_hold_s, self.below_since + rule.min_clear_s)
 
 
 class _Eval:
@@ -238,25 +244,29 @@ class PolicyEngine:
                     trigger: str) -> None:
         rule = e.rule
         if state.active:
-            held = now < state.fired_at + rule.min_hold_s
             if stays:
                 # Hysteresis: once active, a rule stays while its score is past the (laxer) exit threshold, so
                 # a score flickering around `enter` does not toggle the robot between actions every frame.
+                state.below_since = math.inf
                 e.active, e.trigger = True, trigger
-            elif held:
-                # Minimum hold: a protective action lasts at least min_hold_s of message time after it fired,
-                # bridging a few missed frames (a detector miss, a person briefly occluded).
+                return
+            state.below_since = min(state.below_since, now)
+            if now < state.held_until(rule):
+                # Minimum hold: a protective action lasts at least min_hold_s of message time after it fired;
+                # minimum clear: and until its evidence has stayed past exit for min_clear_s. Both bridge
+                # detector misses (a person occluded for a few frames) without the robot driving off between.
                 e.active, e.trigger = True, TRIGGER_HOLD
             else:
                 # Release; cooldown stops a rule that just ended from re-firing at once (chatter).
                 state.active = False
+                state.below_since = math.inf
                 state.cooldown_until = now + rule.cooldown_s
                 self.logger.debug(f'policy: {rule.name} released at {now:.3f} s')
         elif fires:
             if now < state.cooldown_until:
                 e.blocked = True
             else:
-                state.active, state.fired_at = True, now
+                state.active, state.fired_at, state.below_since = True, now, math.inf
                 e.active, e.trigger = True, trigger
                 self.logger.debug(f'policy: {rule.name} fired at {now:.3f} s (score {e.score:.3f})')
 
@@ -274,9 +284,7 @@ class PolicyEngine:
         where = rule.region if rule.region else 'full frame'
         what = f'{where} {_short(rule.prompts[best])!r} {rule.score} {score:.3f}'
         if e.trigger == TRIGGER_HOLD:
-            until = state.fired_at + rule.min_hold_s
-            e.text = (f'{rule.name}: held until {until:.3f} s by min_hold {rule.min_hold_s:g} s '
-                      f'({what} < exit {rule.exit:.3f})')
+            e.text = f'{rule.name}: {_held_by(rule, state)} ({what} < exit {rule.exit:.3f})'
         elif e.active and was_active and score < rule.enter:
             e.text = f'{rule.name}: {what} >= exit {rule.exit:.3f} (hysteresis, active since {state.fired_at:.3f} s)'
         elif e.active:
@@ -302,8 +310,7 @@ class PolicyEngine:
                          stays=known and s < rule.exit_similarity, trigger=TRIGGER_MEMORY)
         sim = f'similarity to the scene {rule.lookback_s:g} s ago ' + (f'{s:.3f}' if known else 'unknown')
         if e.trigger == TRIGGER_HOLD:
-            until = state.fired_at + rule.min_hold_s
-            e.text = f'{rule.name}: held until {until:.3f} s by min_hold {rule.min_hold_s:g} s ({sim})'
+            e.text = f'{rule.name}: {_held_by(rule, state)} ({sim})'
         elif e.active and was_active and s >= rule.below_similarity:
             e.text = (f'{rule.name}: {sim} < exit {rule.exit_similarity:.3f} '
                       f'(hysteresis, active since {state.fired_at:.3f} s)')
@@ -355,3 +362,12 @@ class PolicyEngine:
 def _short(text: str, n: int = 40) -> str:
     return text if len(text) <= n else text[:n - 3] + '...'
 
+
+def _held_by(rule, state: _RuleState) -> str:
+    """Why an active rule is still held, for Action.reason."""
+    hold_end = state.fired_at + rule.min_hold_s
+    clear_end = state.below_since + rule.min_clear_s
+    if clear_end > hold_end:
+        return (f'held until {clear_end:.3f} s by min_clear {rule.min_clear_s:g} s '
+                f'(past exit since {state.below_since:.3f} s)')
+    return f'held until {hold_end:.3f} s by min_hold {rule.min_hold_s:g} s'

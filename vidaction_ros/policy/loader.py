@@ -8,10 +8,10 @@ File format (``load_policy``; every key is validated, unknown keys are errors)::
       near_zone: {polygon: [[0.0, 0.47], [1.0, 0.90], [1.0, 1.0], [0.0, 1.0]]}
     actions:
       - {name: STOP, code: STOP, priority: 200, region: near_zone, prompts: [...], contrast: [...],
-         score: margin, enter: 0.10, exit: 0.06, min_hold_s: 1.0, cooldown_s: 0.0}
+         score: margin, enter: 0.10, exit: 0.06, min_hold_s: 1.0, min_clear_s: 0.5, cooldown_s: 0.0}
     temporal:
       - {name: HOVER, code: HOVER, priority: 150, lookback_s: 2.0, below_similarity: 0.80,
-         exit_similarity: 0.85, min_hold_s: 1.0, cooldown_s: 0.0}
+         exit_similarity: 0.85, min_hold_s: 1.0, min_clear_s: 0.5, cooldown_s: 0.0}
 """
 from __future__ import annotations
 
@@ -25,8 +25,8 @@ import yaml
 
 from ..perception.regions import FULL_FRAME, Region
 from .scoring import _competitors
-from .spec import (ACTION_CODES, POLICY_VERSION, PRIORITY_NAMES, SCORE_KINDS, DefaultAction, PolicyError, PolicySpec,
-                   PromptRule, TemporalRule)
+from .spec import (ACTION_CODES, MIN_CLEAR_DEFAULT_S, POLICY_VERSION, PRIORITY_NAMES, SCORE_KINDS, DefaultAction,
+                   PolicyError, PolicySpec, PromptRule, TemporalRule)
 
 
 _MISSING = object()
@@ -242,7 +242,7 @@ class _Parser:
     def prompt_rule(self, raw, i: int, regions: Mapping[str, Region]) -> PromptRule:
         path = f'actions[{i}]'
         raw = self.mapping(raw, path, ('name', 'code', 'priority', 'region', 'prompts', 'contrast', 'score',
-                                       'temperature', 'enter', 'exit', 'min_hold_s', 'cooldown_s'),
+                                       'temperature', 'enter', 'exit', 'min_hold_s', 'min_clear_s', 'cooldown_s'),
                            required=('name', 'code', 'priority', 'prompts', 'enter'))
         name = self.name(raw['name'], f'{path}.name')
         code = self.code(raw['code'], f'{path}.code')
@@ -286,14 +286,16 @@ class _Parser:
                                 'exit, so exit above enter would release a rule the moment it fired', raw['exit'])
         min_hold = self.number(raw.get('min_hold_s', 0.0), f'{path}.min_hold_s', lo=0.0, what='seconds')
         cooldown = self.number(raw.get('cooldown_s', 0.0), f'{path}.cooldown_s', lo=0.0, what='seconds')
+        min_clear = self.number(raw.get('min_clear_s', MIN_CLEAR_DEFAULT_S), f'{path}.min_clear_s', lo=0.0,
+                                what='seconds')
         return PromptRule(name=name, code=code, priority=priority, prompts=prompts, contrast=contrast,
                           region=region, score=score, temperature=temperature, enter=enter, exit=exit_,
-                          min_hold_s=min_hold, cooldown_s=cooldown, index=i)
+                          min_hold_s=min_hold, cooldown_s=cooldown, min_clear_s=min_clear, index=i)
 
     def temporal_rule(self, raw, i: int) -> TemporalRule:
         path = f'temporal[{i}]'
         raw = self.mapping(raw, path, ('name', 'code', 'priority', 'lookback_s', 'below_similarity',
-                                       'exit_similarity', 'min_hold_s', 'cooldown_s'),
+                                       'exit_similarity', 'min_hold_s', 'min_clear_s', 'cooldown_s'),
                            required=('name', 'code', 'priority', 'lookback_s', 'below_similarity'))
         name = self.name(raw['name'], f'{path}.name')
         code = self.code(raw['code'], f'{path}.code')
@@ -311,8 +313,11 @@ class _Parser:
                                 'above exit', raw['exit_similarity'])
         min_hold = self.number(raw.get('min_hold_s', 0.0), f'{path}.min_hold_s', lo=0.0, what='seconds')
         cooldown = self.number(raw.get('cooldown_s', 0.0), f'{path}.cooldown_s', lo=0.0, what='seconds')
+        min_clear = self.number(raw.get('min_clear_s', MIN_CLEAR_DEFAULT_S), f'{path}.min_clear_s', lo=0.0,
+                                what='seconds')
         return TemporalRule(name=name, code=code, priority=priority, lookback_s=lookback, below_similarity=below,
-                            exit_similarity=exit_sim, min_hold_s=min_hold, cooldown_s=cooldown, index=i)
+                            exit_similarity=exit_sim, min_hold_s=min_hold, cooldown_s=cooldown, min_clear_s=min_clear,
+                            index=i)
 
     def check_softmax_competition(self, actions: tuple[PromptRule, ...]) -> None:
         for rule in actions:

@@ -29,6 +29,10 @@ POLICY_VERSION = 1
 # lookback) is within this relative tolerance of the rule's lookback_s: a similarity to the scene 10 s ago
 # says nothing about a 2 s rule. The memory itself matches the past frame within +-lookback/2.
 LOOKBACK_REL_TOL = 0.25
+# A rule, once active, is released only after its evidence has stayed past exit for this long (message time),
+# unless the rule sets min_clear_s. Half a second is five frames at 10 Hz: a detector missing a person for a
+# frame or two no longer toggles STOP -> CONTINUE -> STOP, and the robot resumes at most this much later.
+MIN_CLEAR_DEFAULT_S = 0.5
 
 
 # -- errors ------------------------------------------------------------------------------------------------
@@ -63,6 +67,7 @@ class PromptRule:
     exit: float = 0.0
     min_hold_s: float = 0.0
     cooldown_s: float = 0.0
+    min_clear_s: float = MIN_CLEAR_DEFAULT_S
     index: int = 0                     # position in `actions` (file order breaks priority ties)
 
     @property
@@ -81,6 +86,7 @@ class TemporalRule:
     exit_similarity: float
     min_hold_s: float = 0.0
     cooldown_s: float = 0.0
+    min_clear_s: float = MIN_CLEAR_DEFAULT_S
     index: int = 0                     # position in `temporal`
 
     @property

@@ -30,6 +30,12 @@ Event-level matching rules (``event_metrics``). Times are message times (header 
   *false alarm*. An onset inside an allowed window is *explained*; explained onsets beyond the first in one
   allowed window (overlapping windows merged) are counted as ``refires`` (chatter), never as false alarms.
   A late firing (after ``max_delay_s``) makes its span a miss, not a false alarm.
+* Steadiness, per detected span: ``toggles`` = onsets after the first firing up to the span's end (each one
+  is the robot released and stopped again while the event was still going on); ``frame_recall_after_first``
+  = fraction of decided frames in ``[first_fire_s, end]`` on which the action is active; ``release_s`` = the
+  stamp of the first inactive frame after the last active frame at or before the end (None when the
+  recording ends with the action still active), and ``release_delay_s = release_s - end`` (negative: released
+  before the event ended).
 * tp = detected spans, fn = evaluated spans not detected, fp = false alarms.
   precision = tp / (tp + fp) (None when there is neither), recall = tp / evaluated spans (None without
   any), f1 from both (None when either is None).
@@ -180,6 +186,10 @@ class SpanResult:
     lead_s: float | None         # start - first_fire_s (positive = early)
     truncated: bool              # the recording began after the detection window opened
     note: str = ''
+    toggles: int = 0             # onsets after the first firing, up to the span's end
+    frame_recall_after_first: float | None = None
+    release_s: float | None = None
+    release_delay_s: float | None = None   # release_s - end (negative = released before the event ended)
 
 
 @dataclass
@@ -196,6 +206,8 @@ class EventMetrics:
     recall: float | None
     f1: float | None
     lead_time_s: dict = field(default_factory=dict)   # mean/median/min/max over detected spans
+    toggles: int = 0                                  # sum of the spans' toggles
+    release_delay_s: dict = field(default_factory=dict)   # mean/min/max over spans with a release
     tolerances: dict = field(default_factory=dict)
 
     def as_dict(self) -> dict:
@@ -224,10 +236,13 @@ def event_metrics(times: Sequence[float], active: Sequence[bool], spans: Iterabl
         evaluated = bool(inside.any())
         fired = inside & a
         first = float(t[fired][0]) if fired.any() else None
-        results.append(SpanResult(
+        result = SpanResult(
             start=s.start, end=s.end, evaluated=evaluated, detected=first is not None, first_fire_s=first,
             lead_s=None if first is None else s.start - first,
-            truncated=bool(evaluated and t[0] > lo), note=s.note))
+            truncated=bool(evaluated and t[0] > lo), note=s.note)
+        if first is not None:
+            _steadiness(result, t, a, onsets, s.end)
+        results.append(result)
     windows = _merge([(s.start - tol.before_s, s.end + tol.after_s) for s in list(spans) + ambiguous])
     false_alarms, per_window = [], [0] * len(windows)
     for onset in onsets:
@@ -248,9 +263,32 @@ def event_metrics(times: Sequence[float], active: Sequence[bool], spans: Iterabl
     if leads:
         lead_stats = {'mean': float(np.mean(leads)), 'median': float(np.median(leads)),
                       'min': float(np.min(leads)), 'max': float(np.max(leads)), 'n': len(leads)}
+    delays = [r.release_delay_s for r in results if r.release_delay_s is not None]
+    release_stats = {}
+    if delays:
+        release_stats = {'mean': float(np.mean(delays)), 'min': float(np.min(delays)),
+                         'max': float(np.max(delays)), 'n': len(delays)}
     return EventMetrics(action=action, spans=results, tp=tp, fn=evaluated - tp, fp=fp, false_alarms=false_alarms,
                         onsets=onsets, refires=sum(max(0, n - 1) for n in per_window), precision=precision,
-                        recall=recall, f1=f1, lead_time_s=lead_stats, tolerances=asdict(tol))
+                        recall=recall, f1=f1, lead_time_s=lead_stats, tolerances=asdict(tol),
+                        toggles=sum(r.toggles for r in results), release_delay_s=release_stats)
+
+
+def _steadiness(result: SpanResult, t: np.ndarray, a: np.ndarray, onsets: list[float], end: float) -> None:
+    """Toggles, frame recall after the first firing and the release of a detected span (module docstring)."""
+    first = result.first_fire_s
+    result.toggles = sum(1 for o in onsets if first < o <= end)
+    after = (t >= first) & (t <= end)
+    result.frame_recall_after_first = float(a[after].mean()) if after.any() else None
+    last_active = np.flatnonzero(a & (t <= end))
+    if not last_active.size:
+        return
+    i = int(last_active[-1])
+    while i + 1 < t.size and a[i + 1]:
+        i += 1
+    if i + 1 < t.size:
+        result.release_s = float(t[i + 1])
+        result.release_delay_s = result.release_s - end
 
 
 def _merge(windows: list[tuple[float, float]]) -> list[tuple[float, float]]:

@@ -129,15 +129,23 @@ def report_markdown(report: dict, files: dict) -> str:
                   + (f'mean {lead["mean"]:+.2f} s, min {lead["min"]:+.2f} s, max {lead["max"]:+.2f} s'
                      if lead else 'n/a'),
                   f'- false alarms at: {", ".join(f"{t:.1f} s" for t in ev["false_alarms"]) or "none"}',
+                  f'- steadiness: {ev.get("toggles", 0)} toggle(s) inside labelled spans (onsets after the first); '
+                  'release delay (release − labelled end; negative = released early): '
+                  + (f'mean {rel["mean"]:+.2f} s, min {rel["min"]:+.2f} s, max {rel["max"]:+.2f} s'
+                     if (rel := ev.get('release_delay_s')) else 'n/a'),
                   f'- rules: detected if active within [start − {tol["before_s"]:g} s, '
                   + (f'min(end, start + {tol["max_delay_s"]:g} s)]' if tol['max_delay_s'] is not None else 'end]')
                   + f'; a firing outside every span [start − {tol["before_s"]:g} s, end + {tol["after_s"]:g} s] '
                   f'(ambiguous spans too) is a false alarm', '',
-                  '| span | evaluated | detected | first firing | lead | note |', '|---|---|---|---|---|---|']
+                  '| span | evaluated | detected | first firing | lead | toggles | frame recall after first '
+                  '| release delay | note |', '|---|---|---|---|---|---|---|---|---|']
         for sp in ev['spans']:
             lines.append(f'| {sp["start"]:.1f}–{sp["end"]:.1f} s | {"yes" if sp["evaluated"] else "no"}'
                          f'{" (truncated)" if sp["truncated"] else ""} | {"yes" if sp["detected"] else "no"} | '
-                         f'{_fmt(sp["first_fire_s"], 1, " s")} | {_fmt(sp["lead_s"], 2, " s")} | {sp["note"][:60]} |')
+                         f'{_fmt(sp["first_fire_s"], 1, " s")} | {_fmt(sp["lead_s"], 2, " s")} | '
+                         f'{sp.get("toggles", 0) if sp["detected"] else "–"} | '
+                         f'{_fmt(sp.get("frame_recall_after_first"))} | {_fmt(sp.get("release_delay_s"), 2, " s")} | '
+                         f'{sp["note"][:60]} |')
         fm = report['frames'].get(name)
         if fm:
             lines += ['', f'Frames (ambiguous ignored): tp {fm["tp"]}, fp {fm["fp"]}, fn {fm["fn"]}, tn {fm["tn"]}; '

@@ -2,7 +2,7 @@
 
 Importing this package imports no model runtime: a CPU machine never imports TensorRT, pycuda or CUDA torch.
 
-    cpu        offline default: ConSE bridge (EfficientNet-Lite0 + HOG people -> MiniLM text space)
+    cpu        offline default: ConSE bridge (EfficientNet-Lite0 scene + YOLOv3-tiny COCO objects -> MiniLM text space)
     clip_onnx  CLIP / SigLIP exported to ONNX (clip_export), onnxruntime on CPU or CUDA
     clip_hf    CLIP / SigLIP transformers directory, torch on the CPU (fp32)
     torch_cuda the same directory, torch on CUDA (fp16)
@@ -27,7 +27,7 @@ BACKENDS = {
 CHOICES = ('auto', *BACKENDS)
 # Which constructor arguments each backend takes, so a node can pass its whole parameter set.
 BACKEND_ARGS = {
-    'cpu': ('threads', 'load_images', 'logger'),
+    'cpu': ('detector', 'detector_dir', 'threads', 'load_images', 'logger'),
     'clip_onnx': ('model_path', 'device', 'threads', 'load_images', 'logger'),
     'clip_hf': ('model_path', 'device', 'precision', 'threads', 'load_images', 'logger'),
     'torch_cuda': ('model_path', 'device', 'precision', 'threads', 'cuda_graph', 'load_images', 'logger'),

@@ -29,6 +29,7 @@ class FrameEmbedding:
     vector: np.ndarray                                   # full frame, L2-normalised float32
     regions: dict[str, RegionVector] = field(default_factory=dict)
     top_concepts: list[str] = field(default_factory=list)
+    detections: list = field(default_factory=list)       # perception.detections.Detection, regions assigned
 
 
 def check_bgr_frame(frame: np.ndarray) -> np.ndarray:

@@ -269,7 +269,7 @@ class JointEmbeddingBackend(EmbeddingBackend):
     def embed_images(self, frames: Sequence[np.ndarray], regions: Sequence = ()) -> list[FrameEmbedding]:
         if self.spec is None or not self.load_images:
             raise RuntimeError('backend not activated for images')
-        crops, per_frame = [], 1 + len(regions)
+        crops = []
         for frame in frames:
             check_bgr_frame(frame)
             h, w = frame.shape[:2]
