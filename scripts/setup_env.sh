@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Prepare everything the project needs, idempotently, on Debian 12 / Python 3.11 (x86-64):
 #   1. system packages (apt, as root or through sudo) — only those missing:
-#      opencv-doc (the bundled test video vtest.avi), cmake, a C/C++ compiler, make,
+#      opencv-doc (the bundled test video vtest.avi), python-nbsphinx-doc (a 1906 race clip for
+#      bench/quality.py), cmake, a C/C++ compiler, make,
 #      Python headers and venv support
 #   2. the venv .venv/ in the repo root
 #   3. Python dependencies from requirements/*.txt (skipped when a stamp says they are current)
@@ -16,6 +17,7 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 VENV="$ROOT/.venv"
 VTEST=/usr/share/doc/opencv-doc/examples/data/vtest.avi
+GP_CLIP=/usr/share/doc/python-nbsphinx/html/www/wikimediacommons/Shepard_Calais_1906_FrenchGP.ogv.160p.ogv
 START=$SECONDS
 
 say() { printf '[setup_env] %s\n' "$*"; }
@@ -35,6 +37,7 @@ PY="$(command -v python3.11 || command -v python3 || true)"
 
 apt_missing=()
 [ -f "$VTEST" ] || apt_missing+=(opencv-doc)
+[ -f "$GP_CLIP" ] || apt_missing+=(python-nbsphinx-doc)
 command -v cmake >/dev/null || apt_missing+=(cmake)
 { command -v c++ >/dev/null && command -v cc >/dev/null; } || apt_missing+=(g++)
 { command -v make >/dev/null || command -v ninja >/dev/null; } || apt_missing+=(make)
@@ -62,7 +65,7 @@ if [ ${#apt_missing[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive "${SUDO[@]}" apt-get install -y -qq "${apt_missing[@]}" >/dev/null
   [ -f "$VTEST" ] || die "opencv-doc is installed but $VTEST is still missing"
 else
-  say "system packages present (opencv-doc video, cmake, compiler, Python headers)"
+  say "system packages present (opencv-doc video, race clip, cmake, compiler, Python headers)"
 fi
 
 # --- 2. venv ------------------------------------------------------------------------------

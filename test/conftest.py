@@ -39,3 +39,12 @@ def context():
     rclpy.init(context=ctx)
     yield ctx
     rclpy.try_shutdown(context=ctx)
+
+
+def load_bench(name: str):
+    """A bench script (bench/<name>.py) as a module, for tests of its pure parts (bench/ is not a package)."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location(f'bench_{name}', REPO / 'bench' / f'{name}.py')
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

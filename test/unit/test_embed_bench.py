@@ -3,7 +3,6 @@ random CLIP of tiny_models (no GPU needed: GPU rows must come back skipped with 
 CUDA machine)."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 
@@ -11,7 +10,7 @@ import numpy as np
 import pytest
 
 import tiny_models
-from conftest import REPO
+from conftest import load_bench
 
 torch = pytest.importorskip('torch')
 pytest.importorskip('transformers')
@@ -24,10 +23,7 @@ ROW_KEYS = {'backend', 'model', 'precision', 'device', 'batch', 'n', 'p50_ms', '
 
 @pytest.fixture(scope='module')
 def bench():
-    spec = importlib.util.spec_from_file_location('bench_embed', REPO / 'bench' / 'embed.py')
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_bench('embed')
 
 
 @pytest.fixture(scope='module')

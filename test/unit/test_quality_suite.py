@@ -3,12 +3,11 @@ shared, and the summary reads the evaluation report the way its columns say. The
 bench (minutes per clip), not a test."""
 from __future__ import annotations
 
-import importlib.util
 
 import pytest
 import yaml
 
-from conftest import REPO
+from conftest import load_bench
 from vidaction_ros.policy import load_policy
 from vidaction_ros.tools.eval_metrics import load_labels
 
@@ -17,10 +16,7 @@ RESERVED = ('bikes.mp4', 'box.mp4', 'cup.mp4')     # kept out of the suite and o
 
 @pytest.fixture(scope='module')
 def quality():
-    spec = importlib.util.spec_from_file_location('bench_quality', REPO / 'bench' / 'quality.py')
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_bench('quality')
 
 
 @pytest.fixture(scope='module')

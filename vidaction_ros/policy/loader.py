@@ -284,13 +284,17 @@ class _Parser:
             if exit_ > enter:
                 raise self.fail(f'{path}.exit', f'exit <= enter ({enter:g}): the rule stays active down to '
                                 'exit, so exit above enter would release a rule the moment it fired', raw['exit'])
-        min_hold = self.number(raw.get('min_hold_s', 0.0), f'{path}.min_hold_s', lo=0.0, what='seconds')
-        cooldown = self.number(raw.get('cooldown_s', 0.0), f'{path}.cooldown_s', lo=0.0, what='seconds')
-        min_clear = self.number(raw.get('min_clear_s', MIN_CLEAR_DEFAULT_S), f'{path}.min_clear_s', lo=0.0,
-                                what='seconds')
+        timing = self.timing(raw, path)
         return PromptRule(name=name, code=code, priority=priority, prompts=prompts, contrast=contrast,
                           region=region, score=score, temperature=temperature, enter=enter, exit=exit_,
-                          min_hold_s=min_hold, cooldown_s=cooldown, min_clear_s=min_clear, index=i)
+                          **timing, index=i)
+
+    def timing(self, raw, path: str) -> dict:
+        """A rule's hold, cooldown and clear times (seconds of message time), as the rule's keyword arguments."""
+        return {'min_hold_s': self.number(raw.get('min_hold_s', 0.0), f'{path}.min_hold_s', lo=0.0, what='seconds'),
+                'cooldown_s': self.number(raw.get('cooldown_s', 0.0), f'{path}.cooldown_s', lo=0.0, what='seconds'),
+                'min_clear_s': self.number(raw.get('min_clear_s', MIN_CLEAR_DEFAULT_S), f'{path}.min_clear_s',
+                                           lo=0.0, what='seconds')}
 
     def temporal_rule(self, raw, i: int) -> TemporalRule:
         path = f'temporal[{i}]'
@@ -311,13 +315,9 @@ class _Parser:
                 raise self.fail(f'{path}.exit_similarity', f'exit_similarity >= below_similarity ({below:g}): '
                                 'lower similarity is riskier, so the rule releases when similarity recovers '
                                 'above exit', raw['exit_similarity'])
-        min_hold = self.number(raw.get('min_hold_s', 0.0), f'{path}.min_hold_s', lo=0.0, what='seconds')
-        cooldown = self.number(raw.get('cooldown_s', 0.0), f'{path}.cooldown_s', lo=0.0, what='seconds')
-        min_clear = self.number(raw.get('min_clear_s', MIN_CLEAR_DEFAULT_S), f'{path}.min_clear_s', lo=0.0,
-                                what='seconds')
+        timing = self.timing(raw, path)
         return TemporalRule(name=name, code=code, priority=priority, lookback_s=lookback, below_similarity=below,
-                            exit_similarity=exit_sim, min_hold_s=min_hold, cooldown_s=cooldown, min_clear_s=min_clear,
-                            index=i)
+                            exit_similarity=exit_sim, **timing, index=i)
 
     def check_softmax_competition(self, actions: tuple[PromptRule, ...]) -> None:
         for rule in actions:
