@@ -82,10 +82,11 @@ def test_static_scene_keeps_the_decision_and_a_dead_embedder_still_trips_the_wat
     # machine (640x480 Images over best effort can lose most samples; see bench/transport.py).
     still = read_frame(100, size=(160, 120))
     # The one decided Action must reach the collector, so the pixels start only once the collector has
-    # discovered the policy's publisher (reliable, but not latched: an Action sent before that is lost).
+    # discovered the policy's publisher (reliable, but not latched: an Action sent before that is lost) and
+    # the embedder's (it advertises once its model is loaded, so the first frames are not left unheard).
     deadline = time.monotonic() + 120
-    while not collector.node.get_publishers_info_by_topic('/action'):
-        assert time.monotonic() < deadline, 'the policy node never advertised action'
+    while not all(collector.node.get_publishers_info_by_topic(t) for t in ('/action', '/embedding')):
+        assert time.monotonic() < deadline, 'the policy or embedder node never advertised its topic'
         time.sleep(0.05)
     scene = StaticScene(context, still)
     try:
@@ -99,13 +100,14 @@ def test_static_scene_keeps_the_decision_and_a_dead_embedder_still_trips_the_wat
         decided = [a for a in messages if a.trigger not in ('unchanged', 'watchdog')]
         assert len(decided) == 1, [(a.trigger, a.frame_sequence) for a in messages]   # one frame went through
         first = messages.index(decided[0])
-        assert decided[0].frame_sequence == 0
+        # The first frame the embedder heard (frames published before it subscribed are unheard, not decided).
+        seq = decided[0].frame_sequence
         # From the first decision on: no failsafe however long the scene stays static, an Action for every
         # held-back frame, each keeping the decided frame's action and naming that frame.
         after = messages[first + 1:]
         assert all(a.trigger == 'unchanged' for a in after), [a.trigger for a in after]
-        assert all(a.action == decided[0].action and a.frame_sequence == 0 and not a.changed for a in after)
-        assert all('unchanged since frame #0' in a.reason for a in after)
+        assert all(a.action == decided[0].action and a.frame_sequence == seq and not a.changed for a in after)
+        assert all(f'unchanged since frame #{seq}' in a.reason for a in after)
         assert all(math.isnan(a.embed_ms) and a.capture_to_decide_ms >= 0 for a in after)
         # Stamped with the held-back frames' capture stamps: published ones, strictly increasing.
         published = set(scene.stamps)
@@ -127,7 +129,7 @@ def test_static_scene_keeps_the_decision_and_a_dead_embedder_still_trips_the_wat
         assert last_good.trigger in ('unchanged', 'default', 'prompt', 'hold')
         gap = stamp_s(messages[failsafe_index]) - stamp_s(last_good)
         assert DEADLINE_S <= gap <= DEADLINE_S + PERIOD_S + SLACK_S, gap
-        assert messages[failsafe_index].frame_sequence == 0      # the newest frame that was decided
+        assert messages[failsafe_index].frame_sequence == seq    # the newest frame that was decided
     finally:
         scene.close()
         collector.close()
