@@ -84,12 +84,13 @@ def test_static_scene_keeps_the_decision_and_a_dead_embedder_still_trips_the_wat
     # The one decided Action must reach the collector, so the pixels start only once the collector has
     # discovered the policy's publisher (reliable, but not latched: an Action sent before that is lost) and
     # the embedder's (it advertises once its model is loaded, so the first frames are not left unheard).
-    deadline = time.monotonic() + 120
-    while not all(collector.node.get_publishers_info_by_topic(t) for t in ('/action', '/embedding')):
-        assert time.monotonic() < deadline, 'the policy or embedder node never advertised its topic'
-        time.sleep(0.05)
-    scene = StaticScene(context, still)
+    scene = None
     try:
+        deadline = time.monotonic() + 120
+        while not all(collector.node.get_publishers_info_by_topic(t) for t in ('/action', '/embedding')):
+            assert time.monotonic() < deadline, 'the policy or embedder node never advertised its topic'
+            time.sleep(0.05)
+        scene = StaticScene(context, still)
         def kept(m):
             return [a for a in m if a.trigger == 'unchanged']
         # Many frames of a static scene go by: one decided, the rest kept (a full second's worth at least).
@@ -131,7 +132,8 @@ def test_static_scene_keeps_the_decision_and_a_dead_embedder_still_trips_the_wat
         assert DEADLINE_S <= gap <= DEADLINE_S + PERIOD_S + SLACK_S, gap
         assert messages[failsafe_index].frame_sequence == seq    # the newest frame that was decided
     finally:
-        scene.close()
+        if scene is not None:
+            scene.close()
         collector.close()
         rclpy.try_shutdown(context=context)
         for proc in procs.values():
