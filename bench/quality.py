@@ -125,18 +125,16 @@ def summarise(case: dict, report: dict, wall_s: float) -> dict:
         values = [v for v in values if v is not None]
         return statistics.fmean(values) if values else None
 
+    max_toggles = max((s.get('toggles', 0) for s in detected), default=0)
+    meets = (ev['precision'] is not None and ev['precision'] >= TARGETS['precision'] and ev['recall'] is not None
+             and ev['recall'] >= TARGETS['recall'] and max_toggles <= TARGETS['toggles_per_span'])
     return {'case': case['name'], 'split': case['split'], 'action': name, 'clip': case['clip'].get('what', ''),
             'spans': len(spans), 'precision': ev['precision'], 'recall': ev['recall'], 'tp': ev['tp'],
             'fp': ev['fp'], 'fn': ev['fn'], 'lead_s': (ev['lead_time_s'] or {}).get('mean'),
-            'toggles': sum(s.get('toggles', 0) for s in detected),
-            'max_toggles_per_span': max((s.get('toggles', 0) for s in detected), default=0),
+            'toggles': sum(s.get('toggles', 0) for s in detected), 'max_toggles_per_span': max_toggles,
             'frame_recall_after_first': mean(s.get('frame_recall_after_first') for s in detected),
             'release_delay_s': mean(s.get('release_delay_s') for s in detected),
-            'frames': report['stream']['frames_decided'], 'wall_s': wall_s,
-            'meets_targets': bool(ev['precision'] is not None and ev['precision'] >= TARGETS['precision']
-                                  and ev['recall'] is not None and ev['recall'] >= TARGETS['recall']
-                                  and max((s.get('toggles', 0) for s in detected), default=0)
-                                  <= TARGETS['toggles_per_span'])}
+            'frames': report['stream']['frames_decided'], 'wall_s': wall_s, 'meets_targets': meets}
 
 
 def calibrate(cases: list[dict], work: Path) -> dict:

@@ -10,7 +10,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .perception.backends import CHOICES as BACKEND_CHOICES
+from .perception.backends import CHOICES as BACKEND_CHOICES, DETECTOR_CHOICES
 
 PACKAGE = 'vidaction_ros'
 PARAMS_FILE = 'vidaction.yaml'
@@ -72,7 +72,7 @@ LAUNCH_ARGS = (
               choices=('', 'fp32', 'fp16', 'bf16', 'int8', 'fp8')),
     LaunchArg('detector', 'coco', 'cpu backend: object detector for embedder and policy: coco (80 COCO classes), hog '
               '(upright people only, cheaper) or none',
-              (('embedder', 'detector'), ('policy', 'detector')), choices=('coco', 'hog', 'none')),
+              (('embedder', 'detector'), ('policy', 'detector')), choices=DETECTOR_CHOICES),
     LaunchArg('escalation', 'false', 'also start the escalation node: a second opinion on protective or unsure '
               'Actions, published on escalation, never delaying the Action', (), 'bool'),
     LaunchArg('interop_image_topic', '', 'also publish frames as sensor_msgs/Image on this topic (rviz, bags)',

@@ -104,7 +104,8 @@ def test_a_changed_model_file_fails_naming_it_and_its_hash(tmp_path):
         CocoDetector(directory=tmp_path)
 
 
-@pytest.mark.parametrize('kwargs,field', [({'input_size': 300}, 'input_size'), ({'min_confidence': 0}, 'min_confidence'),
+@pytest.mark.parametrize('kwargs,field', [({'input_size': 300}, 'input_size'),
+                                          ({'min_confidence': 0}, 'min_confidence'),
                                           ({'nms_iou': 1.5}, 'nms_iou')])
 def test_bad_settings_are_refused(kwargs, field):
     with pytest.raises(ValueError, match=field):

@@ -2,8 +2,8 @@
 
 No vision-language model ships offline, so this analyser builds the words itself from two models that do:
 the COCO detector's people (YOLOv3-tiny, perception/coco_detector.py: count, where each person stands,
-whether the feet fall in the policy's region) and the EfficientNet-Lite0 ImageNet classifier (what the region looks like). Each fact becomes one
-short sentence ("a person close to the camera, on the left"; "a photo of a lawn, a park bench"). The
+whether the feet fall in the policy's region) and the EfficientNet-Lite0 ImageNet classifier (what the region
+looks like). Each fact becomes one short sentence ("a person close to the camera, on the left"; "a photo of a lawn, a park bench"). The
 sentences and the action's prompts and contrast prompts are embedded with the MiniLM sentence model
 (vidaction_ros.perception.text_encoder), and the answer is worked out like this:
 
@@ -32,9 +32,9 @@ detector runs at a finer input (608 px instead of 416: small and partly visible 
 about twice the cost, affordable off the hot path), and the verdict comes from explicit facts about the
 policy's region, not from a frame vector. Measured on vtest.avi (every 4th frame, 640x480, labels of
 test/data/vtest_near_zone_labels.yaml, ambiguous edges left out): a person's feet in the near zone in 57 of
-the 58 frames of the labelled span, and in none of the 140 frames outside it. (Until 2026-12-04 this analyser used OpenCV's HOG people detector,
-which misses people who are partly out of frame: the hot path now fires on them, so its second look must
-see them too.)
+the 58 frames of the labelled span, and in none of the 140 frames outside it. (Until 2026-12-04 this analyser
+used OpenCV's HOG people detector, which misses people who are partly out of frame: the hot path now fires
+on them, so its second look must see them too.)
 """
 from __future__ import annotations
 
@@ -93,7 +93,8 @@ class ImageNetClassifier:
             import onnxruntime as ort
         except ImportError as err:
             raise AnalyserUnavailable(f'second_opinion needs onnxruntime: {err}') from None
-        from ..perception.backends.conse_cpu import IMAGENET_MEAN, IMAGENET_STD, cache_dir, imagenet_class_names
+        from ..perception.backends.conse_cpu import IMAGENET_MEAN, IMAGENET_STD
+        from ..perception.concepts import cache_dir, imagenet_class_names
         from ..perception.backends.onnx_export import cached_onnx
         try:
             model_file = cached_onnx(cache_dir())
@@ -163,7 +164,7 @@ class SecondOpinionAnalyser:
     def people(self, frame: np.ndarray, region) -> list[Person]:
         out = []
         for d in self.detector.detect(frame):
-            if getattr(d, 'label', 'person') != 'person':
+            if d.label != 'person':
                 continue
             x, y = d.foot
             out.append(Person(x, y, float(d.confidence), region is None or region.contains(x, y)))

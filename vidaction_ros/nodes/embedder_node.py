@@ -9,7 +9,7 @@ import time
 
 
 from .. import qos
-from ..perception.backends import CHOICES, create_backend
+from ..perception.backends import CHOICES, DETECTOR_CHOICES, create_backend
 from ..conversions import ms_between, to_time
 from ..diagnostics import DiagnosticsPublisher, RateMeter, health
 from ..transport.frame_store import FrameLost
@@ -35,7 +35,7 @@ BACKEND_PARAMS = [
     Param('detector', 'coco', 'cpu backend: object detector whose classes join the scene context: coco '
           '(YOLOv3-tiny, 80 COCO classes: people, bicycles, vehicles, ...), hog (OpenCV\'s upright-people '
           'detector, cheaper) or none',
-          choices=('coco', 'hog', 'none')),
+          choices=DETECTOR_CHOICES),
     Param('threads', 1, 'CPU threads of the model runtime (the cpu backend\'s detector uses OpenCV threads '
           'beside it)', 1, 64),
 ]

@@ -305,7 +305,7 @@ class PolicyEngine:
         was_active = state.active
         known = not math.isnan(s)
         # Lower similarity is riskier. Unknown similarity (no past yet, or a mismatched lookback) can neither
-        # fire nor keep the rule active on its own; only min_hold can carry an active rule through it.
+        # fire nor keep the rule active on its own; only min_hold / min_clear can carry an active rule through it.
         self._transition(e, state, now, fires=known and s < rule.below_similarity,
                          stays=known and s < rule.exit_similarity, trigger=TRIGGER_MEMORY)
         sim = f'similarity to the scene {rule.lookback_s:g} s ago ' + (f'{s:.3f}' if known else 'unknown')

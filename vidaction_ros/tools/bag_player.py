@@ -2,8 +2,8 @@
 have no rosbag2). Publishes a bag's messages with real rclpy at the recorded pacing (or a rate), optionally
 with /clock so the nodes under test can run with use_sim_time:=true.
 
-Thin over ingest.bags (reading) and bag_pacer (pacing), the pure cores; this module only publishes. Messages are published
-as their recorded CDR bytes (rclpy's Publisher.publish accepts bytes and hands them to
+Thin over ingest.bags (reading) and bag_pacer (pacing), the pure cores; this module only publishes. Messages are
+published as their recorded CDR bytes (rclpy's Publisher.publish accepts bytes and hands them to
 rcl_publish_serialized_message), so nothing is deserialised and re-serialised on the way: a bag's frames go
 out exactly as recorded, header stamps included.
 

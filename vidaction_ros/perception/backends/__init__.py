@@ -25,6 +25,8 @@ BACKENDS = {
     'tensorrt': ('.tensorrt_backend', 'TensorRtBackend'),
 }
 CHOICES = ('auto', *BACKENDS)
+# The cpu backend's object detectors (backend parameter, node parameter and launch argument `detector`).
+DETECTOR_CHOICES = ('coco', 'hog', 'none')
 # Which constructor arguments each backend takes, so a node can pass its whole parameter set.
 BACKEND_ARGS = {
     'cpu': ('detector', 'detector_dir', 'threads', 'load_images', 'logger'),
@@ -76,5 +78,5 @@ def create_backend(name: str, **params) -> EmbeddingBackend:
     return getattr(module, class_name)(**kwargs)
 
 
-__all__ = ['BACKENDS', 'BackendUnavailable', 'CHOICES', 'EmbeddingBackend', 'FrameEmbedding', 'RegionVector',
-           'create_backend', 'resolve_auto']
+__all__ = ['BACKENDS', 'BackendUnavailable', 'CHOICES', 'DETECTOR_CHOICES', 'EmbeddingBackend', 'FrameEmbedding',
+           'RegionVector', 'create_backend', 'resolve_auto']

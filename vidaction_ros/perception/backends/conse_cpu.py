@@ -22,14 +22,14 @@ from typing import Sequence
 
 import numpy as np
 
-from ..concepts import ConceptError, ConceptSpace, cache_dir, imagenet_class_names  # noqa: F401 (re-exported)
+from ..concepts import ConceptError, ConceptSpace, cache_dir
 from ..detections import Detection, assign_regions
+from . import DETECTOR_CHOICES
 from .base import BackendUnavailable, EmbeddingBackend, FrameEmbedding, RegionVector, check_bgr_frame, \
     l2_normalise_rows
 
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
-DETECTORS = ('coco', 'hog', 'none')
 # Detector confidences are on different scales: YOLO's are probabilities, HOG's are SVM margins.
 DEFAULT_MIN_CONFIDENCE = {'coco': 0.3, 'hog': 0.5, 'none': 0.0}
 MODEL_IDS = {'coco': 'conse-efficientnet_lite0+yolov3-tiny/minilm-l6-int8',
@@ -48,8 +48,8 @@ class ConseCpuBackend(EmbeddingBackend):
                  threads: int = 1, load_images: bool = True, logger=None):
         if top_k < 1 or top_k > 1000:
             raise ValueError(f'top_k must be in 1..1000, got {top_k}')
-        if detector not in DETECTORS:
-            raise ValueError(f'detector must be one of {", ".join(DETECTORS)}, got {detector!r}')
+        if detector not in DETECTOR_CHOICES:
+            raise ValueError(f'detector must be one of {", ".join(DETECTOR_CHOICES)}, got {detector!r}')
         if detector_weight < 0 or detector_saturation <= 0:
             raise ValueError('detector_weight must be >= 0 and detector_saturation > 0')
         self.top_k = top_k
@@ -116,6 +116,7 @@ class ConseCpuBackend(EmbeddingBackend):
             return detector
         if self.detector == 'hog':
             from ..person_detector import HogPersonDetector
+            self._concepts.add_labels(['person'])
             return HogPersonDetector(search_top=self.detector_search_top,
                                      min_confidence=self.detector_min_confidence)
         return None

@@ -51,7 +51,7 @@ class TensorRtBackend(ClipOnnxBackend):
             self.load_images = load_images
         if not self.load_images:
             return
-        from .conse_cpu import cache_dir
+        from ..concepts import cache_dir
         from .tensorrt_engine import TensorRtImageEngine
         engines = Path(self.engine_cache_dir) if self.engine_cache_dir else cache_dir() / 'tensorrt'
         try:
