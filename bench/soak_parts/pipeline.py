@@ -11,7 +11,7 @@ import tempfile
 import time
 
 from .monitor import Monitor
-from .procfs import DDS_PORT_PREFIX, SHM_DIR, descendants, process_sample, ring_segments, shm_mapped
+from .procfs import SHM_DIR, descendants, is_dds_port_segment, process_sample, ring_segments, shm_mapped
 
 STARTUP_TIMEOUT_S = 240.0          # model loading on a loaded 2-core machine
 STOP_TIMEOUT_S = 30.0
@@ -171,13 +171,13 @@ def run_phase(args, monitor: Monitor, name: str, source: str, fps: float, durati
         time.sleep(0.5)
         # Leftovers: this pipeline's rings, and the DDS segments its processes mapped that we do not map
         # ourselves (our own participant's stay while we run; the pipeline's participants' must be gone).
-        # Fast DDS's port mailboxes (fastrtps_port<N>) are shared by every participant of a domain and left
+        # Fast DDS's port mailboxes (fastrtps_port<N>, and their sem.fastrtps_port<N>_mutex) are shared by every participant of a domain and left
         # in place by design (`fastdds shm clean` sweeps them): reported, not counted as a leak.
         ours = shm_mapped('self') | mapped_by_self_before
         candidates = rings_seen | set(ring_segments(known_pids)) | (shm_seen - ours)
         left = sorted(n for n in candidates if os.path.exists(os.path.join(SHM_DIR, n)))
-        record['shm_leftovers'] = [n for n in left if not n.startswith(DDS_PORT_PREFIX)]
-        record['dds_port_segments_left'] = [n for n in left if n.startswith(DDS_PORT_PREFIX)]
+        record['shm_leftovers'] = [n for n in left if not is_dds_port_segment(n)]
+        record['dds_port_segments_left'] = [n for n in left if is_dds_port_segment(n)]
         record['rings_seen'] = sorted(rings_seen)
     return record
 

@@ -9,6 +9,12 @@ RING_PREFIX = 'vidaction'          # transport.FrameSender: ring_name('vidaction
 DDS_PORT_PREFIX = 'fastrtps_port'  # Fast DDS shared-memory port mailboxes: shared per domain, persistent
 
 
+def is_dds_port_segment(name: str) -> bool:
+    """A Fast DDS port mailbox or one of its named semaphores/mutexes (sem.fastrtps_port<N>_mutex): Fast DDS
+    leaves these per domain by design, whoever made them, so they are not a leak of the pipeline's."""
+    return name.removeprefix('sem.').startswith(DDS_PORT_PREFIX)
+
+
 # -- process metrics (/proc) ---------------------------------------------------------------------------------
 def _children_map() -> dict[int, list[int]]:
     children: dict[int, list[int]] = {}
