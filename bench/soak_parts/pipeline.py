@@ -171,8 +171,9 @@ def run_phase(args, monitor: Monitor, name: str, source: str, fps: float, durati
         time.sleep(0.5)
         # Leftovers: this pipeline's rings, and the DDS segments its processes mapped that we do not map
         # ourselves (our own participant's stay while we run; the pipeline's participants' must be gone).
-        # Fast DDS's port mailboxes (fastrtps_port<N>, and their sem.fastrtps_port<N>_mutex) are shared by every participant of a domain and left
-        # in place by design (`fastdds shm clean` sweeps them): reported, not counted as a leak.
+        # Fast DDS's port mailboxes (fastrtps_port<N>, and their sem.fastrtps_port<N>_mutex) are shared by
+        # every participant of a domain and left in place by design (`fastdds shm clean` sweeps them):
+        # reported, not counted as a leak.
         ours = shm_mapped('self') | mapped_by_self_before
         candidates = rings_seen | set(ring_segments(known_pids)) | (shm_seen - ours)
         left = sorted(n for n in candidates if os.path.exists(os.path.join(SHM_DIR, n)))
