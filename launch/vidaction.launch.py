@@ -7,8 +7,9 @@ escalation:=true a fifth, optional node gives second opinions off the hot path.
     ros2 launch vidaction_ros vidaction.launch.py source:=/dev/video0 rate_hz:=15.0
 """
 from launch import LaunchDescription
-from launch.actions import DeclareLaunchArgument
+from launch.actions import DeclareLaunchArgument, RegisterEventHandler, Shutdown
 from launch.conditions import IfCondition
+from launch.event_handlers import OnProcessExit
 from launch.substitutions import LaunchConfiguration, PathJoinSubstitution
 from launch_ros.actions import LifecycleNode, Node
 from launch_ros.parameter_descriptions import ParameterValue
@@ -17,6 +18,9 @@ from launch_ros.substitutions import FindPackageShare
 
 def generate_launch_description():
     params_file = LaunchConfiguration('params_file')
+    manager = Node(package='vidaction_ros', executable='lifecycle_manager', name='lifecycle_manager',
+                   namespace=LaunchConfiguration('namespace'), output='screen', emulate_tty=True,
+                   parameters=[{'node_names': ['memory', 'policy', 'embedder', 'camera']}])
     return LaunchDescription([
         DeclareLaunchArgument('params_file',
                               default_value=PathJoinSubstitution([FindPackageShare('vidaction_ros'), 'config', 'vidaction.yaml']),
@@ -48,20 +52,27 @@ def generate_launch_description():
                               description='also publish frames as sensor_msgs/Image on this topic (rviz, bags)'),
         LifecycleNode(package='vidaction_ros', executable='camera_node', name='camera',
                       namespace=LaunchConfiguration('namespace'), output='screen', emulate_tty=True,
+                      respawn=True, respawn_delay=2.0,
                       parameters=[params_file, {'source': ParameterValue(LaunchConfiguration('source'), value_type=str), 'image_topic': ParameterValue(LaunchConfiguration('image_topic'), value_type=str), 'loop': ParameterValue(LaunchConfiguration('loop'), value_type=bool), 'rate_hz': ParameterValue(LaunchConfiguration('rate_hz'), value_type=float), 'interop_image_topic': ParameterValue(LaunchConfiguration('interop_image_topic'), value_type=str), 'autostart': False}]),
         LifecycleNode(package='vidaction_ros', executable='embedder_node', name='embedder',
                       namespace=LaunchConfiguration('namespace'), output='screen', emulate_tty=True,
+                      respawn=True, respawn_delay=2.0,
                       parameters=[params_file, {'policy_file': ParameterValue(LaunchConfiguration('policy_file'), value_type=str), 'backend': ParameterValue(LaunchConfiguration('backend'), value_type=str), 'model_path': ParameterValue(LaunchConfiguration('model_path'), value_type=str), 'device': ParameterValue(LaunchConfiguration('device'), value_type=str), 'precision': ParameterValue(LaunchConfiguration('precision'), value_type=str), 'detector': ParameterValue(LaunchConfiguration('detector'), value_type=str), 'autostart': False}]),
         LifecycleNode(package='vidaction_ros', executable='memory_node', name='memory',
                       namespace=LaunchConfiguration('namespace'), output='screen', emulate_tty=True,
+                      respawn=True, respawn_delay=2.0,
                       parameters=[params_file, {'autostart': False}]),
         LifecycleNode(package='vidaction_ros', executable='policy_node', name='policy',
                       namespace=LaunchConfiguration('namespace'), output='screen', emulate_tty=True,
+                      respawn=True, respawn_delay=2.0,
                       parameters=[params_file, {'policy_file': ParameterValue(LaunchConfiguration('policy_file'), value_type=str), 'backend': ParameterValue(LaunchConfiguration('backend'), value_type=str), 'model_path': ParameterValue(LaunchConfiguration('model_path'), value_type=str), 'device': ParameterValue(LaunchConfiguration('device'), value_type=str), 'precision': ParameterValue(LaunchConfiguration('precision'), value_type=str), 'detector': ParameterValue(LaunchConfiguration('detector'), value_type=str), 'autostart': False}]),
-        Node(package='vidaction_ros', executable='lifecycle_manager', name='lifecycle_manager',
-             namespace=LaunchConfiguration('namespace'), output='screen', emulate_tty=True,
-             parameters=[{'node_names': ['memory', 'policy', 'embedder', 'camera']}]),
+        manager,
+        # Bring-up failed (exit 2: a configuration error, logged by the node) or the manager died: stop the
+        # whole launch rather than leave a half pipeline running.
+        RegisterEventHandler(OnProcessExit(target_action=manager, on_exit=[
+            Shutdown(reason='lifecycle_manager exited: the graph is not supervised')])),
         LifecycleNode(package='vidaction_ros', executable='escalation_node', name='escalation',
                       namespace=LaunchConfiguration('namespace'), output='screen', emulate_tty=True,
+                      respawn=True, respawn_delay=2.0,
                       parameters=[params_file], condition=IfCondition(LaunchConfiguration('escalation'))),
     ])

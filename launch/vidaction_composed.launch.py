@@ -43,7 +43,7 @@ def generate_launch_description():
                               description='also publish frames as sensor_msgs/Image on this topic (rviz, bags)'),
         # No `name=`: a node-name remap would rename all four nodes of the process to one name.
         Node(package='vidaction_ros', executable='vidaction_pipeline', namespace=LaunchConfiguration('namespace'),
-             output='screen', emulate_tty=True,
+             output='screen', emulate_tty=True, respawn=True, respawn_delay=2.0,
              arguments=['--mode', 'composed', '--params-file', LaunchConfiguration('params_file'),
                    '--source', LaunchConfiguration('source'),
                    '--image_topic', LaunchConfiguration('image_topic'),

@@ -44,6 +44,11 @@ NODES = (
 # listens before its producer sends (composed mode does the same in-process).
 MANAGER = NodeSpec('lifecycle_manager', 'lifecycle_manager', 'vidaction_ros.nodes.lifecycle_manager:LifecycleManager')
 BRINGUP_ORDER = ('memory', 'policy', 'embedder', 'camera')
+# A node process that crashes or is killed is started again after this delay (launch `respawn`, and the
+# processes mode); the manager notices it back unconfigured and brings it up again, and the policy's watchdog
+# covers the gap with FAILSAFE. The manager itself is not respawned: when bring-up fails (a configuration
+# error) it exits 2 and takes the launch down, instead of retrying a bad file forever.
+RESPAWN_DELAY_S = 2.0
 # Optional, off the hot path (launch argument escalation:=true, or --escalation true): a second opinion on
 # protective or unsure Actions. It only listens, so it brings itself up (autostart) and the manager, whose
 # list must not wait for a node that was not started, leaves it alone.
@@ -142,12 +147,16 @@ def render_multiprocess() -> str:
         override_text = '{' + ', '.join(overrides) + '}'
         nodes.append(f'''        LifecycleNode(package={PACKAGE!r}, executable={spec.executable!r}, name={spec.name!r},
                       namespace=LaunchConfiguration('namespace'), output='screen', emulate_tty=True,
+                      respawn=True, respawn_delay={RESPAWN_DELAY_S!r},
                       parameters=[params_file, {override_text}]),''')
-    nodes.append(f'''        Node(package={PACKAGE!r}, executable={MANAGER.executable!r}, name={MANAGER.name!r},
-             namespace=LaunchConfiguration('namespace'), output='screen', emulate_tty=True,
-             parameters=[{{'node_names': {list(BRINGUP_ORDER)!r}}}]),''')
+    nodes.append(f'''        manager,
+        # Bring-up failed (exit 2: a configuration error, logged by the node) or the manager died: stop the
+        # whole launch rather than leave a half pipeline running.
+        RegisterEventHandler(OnProcessExit(target_action=manager, on_exit=[
+            Shutdown(reason='lifecycle_manager exited: the graph is not supervised')])),''')
     nodes.append(f'''        LifecycleNode(package={PACKAGE!r}, executable={ESCALATION.executable!r}, name={ESCALATION.name!r},
                       namespace=LaunchConfiguration('namespace'), output='screen', emulate_tty=True,
+                      respawn=True, respawn_delay={RESPAWN_DELAY_S!r},
                       parameters=[params_file], condition=IfCondition(LaunchConfiguration('escalation'))),''')
     return f'''{HEADER}"""Four lifecycle-node processes, camera -> embedder -> memory -> policy, brought up in order
 (downstream first) by lifecycle_manager. Frames cross processes through a shared-memory ring. With
@@ -156,8 +165,9 @@ escalation:=true a fifth, optional node gives second opinions off the hot path.
     ros2 launch {PACKAGE} vidaction.launch.py source:=/dev/video0 rate_hz:=15.0
 """
 from launch import LaunchDescription
-from launch.actions import DeclareLaunchArgument
+from launch.actions import DeclareLaunchArgument, RegisterEventHandler, Shutdown
 from launch.conditions import IfCondition
+from launch.event_handlers import OnProcessExit
 from launch.substitutions import LaunchConfiguration, PathJoinSubstitution
 from launch_ros.actions import LifecycleNode, Node
 from launch_ros.parameter_descriptions import ParameterValue
@@ -166,6 +176,9 @@ from launch_ros.substitutions import FindPackageShare
 
 def generate_launch_description():
     params_file = LaunchConfiguration('params_file')
+    manager = Node(package={PACKAGE!r}, executable={MANAGER.executable!r}, name={MANAGER.name!r},
+                   namespace=LaunchConfiguration('namespace'), output='screen', emulate_tty=True,
+                   parameters=[{{'node_names': {list(BRINGUP_ORDER)!r}}}])
     return LaunchDescription([
 {_arg_decls()}
 {chr(10).join(nodes)}
@@ -191,7 +204,7 @@ def generate_launch_description():
 {_arg_decls()}
         # No `name=`: a node-name remap would rename all four nodes of the process to one name.
         Node(package={PACKAGE!r}, executable='vidaction_pipeline', namespace=LaunchConfiguration('namespace'),
-             output='screen', emulate_tty=True,
+             output='screen', emulate_tty=True, respawn=True, respawn_delay={RESPAWN_DELAY_S!r},
              arguments=['--mode', 'composed', '--params-file', LaunchConfiguration('params_file'),{args}
                         ]),
     ])

@@ -254,7 +254,13 @@ class CaptureThread:
         if state != self.state:
             self.state = state
             message = f'capture {state}: {self.source.display_uri}' + (f' ({detail})' if detail else '')
-            (self.log.warning if state in ('lost', 'reconnecting') else self.log.info)(message)
+            # Two call sites, not one call through a chosen method: rclpy's logger refuses a second severity
+            # from the same call site ("Logger severity cannot be changed between calls"), which killed the
+            # capture thread on the first reconnect.
+            if state in ('lost', 'reconnecting'):
+                self.log.warning(message)
+            else:
+                self.log.info(message)
             if self.on_state:
                 self.on_state(state)
 
@@ -278,6 +284,22 @@ class CaptureThread:
         return False
 
     def _run(self) -> None:
+        # Nothing may end the capture thread of a live camera but stop(): an unexpected error (a driver, a
+        # decoder) is logged and treated as a lost stream, reopened with backoff.
+        while not self._stop.is_set():
+            try:
+                self._capture()
+                return
+            except Exception as err:  # noqa: BLE001 - see above
+                self.log.error(f'capture failed: {self.source.display_uri}: {type(err).__name__}: {err}')
+                self.state = 'lost'
+                self.source.close()
+                if not self.source.is_live:
+                    self.finished.set()
+                    return
+                self._stop.wait(self.backoff.next_delay())
+
+    def _capture(self) -> None:
         if not self._open_with_backoff():
             return
         period = 1.0 / self.source.fps

@@ -12,6 +12,7 @@ from __future__ import annotations
 import threading
 import time
 
+import rclpy
 from rclpy._rclpy_pybind11 import RCLError
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from sensor_msgs.msg import CompressedImage, Image
@@ -366,8 +367,10 @@ class CameraNode(ManagedNode):
             self._next_lockstep()
 
     def _shutdown_soon(self) -> None:
-        import rclpy
-        self.create_timer(0.5, lambda: rclpy.try_shutdown())
+        # The process stops in order, as on a signal (the last Action still goes out); a node made without
+        # a ProcessStop (a test's, another program's) shuts its context down instead.
+        from .process_stop import request_stop
+        self.create_timer(0.5, lambda: request_stop('end of the replayed file') or rclpy.try_shutdown())
 
 
 def main(args=None) -> int:

@@ -3,13 +3,19 @@
 launch files and the launch-free processes mode run beside the four nodes (cf. nav2_lifecycle_manager).
 
 A node that does not come up (service absent within `service_timeout_s`, or a transition that fails, e.g.
-a missing model) stops the bring-up: the manager logs which node and why, and exits with code 1 so that
+a missing model) stops the bring-up: the manager logs which node and why, and exits with code 2 so that
 `ros2 launch` / the pipeline take the graph down rather than leave a half pipeline running.
-After bring-up the manager stays up (idle) so the process group lives as long as the graph.
+
+After bring-up the manager supervises: every `supervise_period_s` it asks each node its state, and a node
+that is back unconfigured or inactive (respawned by launch or the pipeline after a crash or a kill) is
+configured and activated again, downstream first. Meanwhile the policy's watchdog sends FAILSAFE, so the
+controller hears the gap. Bring-up is idempotent (an active node is left alone), so a respawned manager
+picks up a running graph without disturbing it.
 """
 from __future__ import annotations
 
 import sys
+import threading
 
 import rclpy
 from lifecycle_msgs.msg import Transition
@@ -26,7 +32,10 @@ PARAMS = [
           'happens in configure, not before)', 0.1, 3600.0),
     Param('transition_timeout_s', 300.0, 'wait this long for one transition (configure loads the model)',
           0.1, 3600.0),
+    Param('supervise_period_s', 1.0, 'after bring-up, check every node\'s state this often and bring up one '
+          'that came back (respawned) unconfigured or inactive; 0 = bring up once, then idle', 0.0, 3600.0),
 ]
+STATE_TIMEOUT_S = 1.0   # a supervision poll: a dead node's service is simply absent
 
 
 class LifecycleManager(Node):
@@ -78,36 +87,85 @@ class LifecycleManager(Node):
             self.destroy_client(client)
 
     def bring_up(self) -> bool:
+        """Configure all, then activate all, in node_names order; nodes already past a step skip it."""
         names = list(self.p['node_names'])
-        for transition_id, label in ((Transition.TRANSITION_CONFIGURE, 'configure'),
-                                     (Transition.TRANSITION_ACTIVATE, 'activate')):
+        states = {name: self.state_of(name, self.p['service_timeout_s']) for name in names}
+        for transition_id, label, needed_in in ((Transition.TRANSITION_CONFIGURE, 'configure', 'unconfigured'),
+                                                (Transition.TRANSITION_ACTIVATE, 'activate', 'inactive')):
             for name in names:
-                if not self.transition(name, transition_id, label):
+                if states[name] == 'unknown':
+                    self.get_logger().error(f"{name}: no lifecycle service within {self.p['service_timeout_s']} "
+                                            f's (node not started?)')
                     return False
+                if states[name] == needed_in:
+                    if not self.transition(name, transition_id, label):
+                        return False
+                    states[name] = 'inactive' if label == 'configure' else 'active'
         self.get_logger().info(f'all up: {names}')
         return True
 
+    def supervise(self, stop: threading.Event) -> None:
+        """Until stop: bring up again any node that is back unconfigured or inactive (see the module doc)."""
+        period = self.p['supervise_period_s']
+        down: set[str] = set()
+        while period > 0 and not stop.wait(period):
+            for name in self.p['node_names']:
+                if stop.is_set():
+                    return
+                state = self.state_of(name, STATE_TIMEOUT_S)
+                if state == 'active':
+                    down.discard(name)
+                elif state in ('unconfigured', 'inactive'):
+                    self.get_logger().warning(f'{name}: back {state} (restarted?): bringing it up again')
+                    if state == 'unconfigured':
+                        self.transition(name, Transition.TRANSITION_CONFIGURE, 'configure')
+                    self.transition(name, Transition.TRANSITION_ACTIVATE, 'activate')
+                elif name not in down and state == 'unknown':
+                    down.add(name)   # logged once per outage; the watchdog tells the controller
+                    self.get_logger().warning(f'{name}: not answering (died?): waiting for it to come back')
+
 
 def main(args=None) -> int:
-    from .runtime import listen_to_sigint
-    listen_to_sigint()   # see there: a background start leaves SIGINT ignored
-    rclpy.init(args=sys.argv if args is None else args)
+    from .runtime import exit_process
+    exit_process(run(sys.argv if args is None else args))
+
+
+def run(args) -> int:
+    """Bring the graph up and supervise it until a stop (see process_stop). Both run on a side thread so the
+    main thread is always free to take a signal: a stop during a long configure does not wait for it."""
+    from .process_stop import StartupInterrupted
+    from .runtime import STARTUP_ERRORS, init_ros
+    stop = init_ros(args)
+    log = rclpy.logging.get_logger('lifecycle_manager')
     node = None
+    failed = threading.Event()
     try:
-        node = LifecycleManager()
-        if not node.bring_up():
-            return 1
-        rclpy.spin(node)
-    except (KeyboardInterrupt, rclpy.executors.ExternalShutdownException):
-        pass
-    except ValueError as err:
-        rclpy.logging.get_logger('lifecycle_manager').fatal(f'startup failed: {err}')
-        return 2
+        try:
+            node = LifecycleManager()
+            stop.started()
+        except StartupInterrupted:
+            return 0
+        except STARTUP_ERRORS as err:
+            log.fatal(f'startup failed: {err}')
+            return 2
+
+        def manage():
+            if node.bring_up():
+                node.supervise(stop.requested)
+            else:
+                failed.set()
+                stop.request('bring-up failed')
+        threading.Thread(target=manage, name='bring-up', daemon=True).start()
+        stop.requested.wait()
+        if failed.is_set():
+            return 2   # a transition failed: the node logged why (bad policy file, missing model, no camera)
+        log.info(f'stopping ({stop.reason})')
+        return 0
     finally:
+        stop.started()
         if node is not None:
             node.destroy_node()
         rclpy.try_shutdown()
-    return 0
 
 
 if __name__ == '__main__':

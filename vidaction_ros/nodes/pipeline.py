@@ -16,7 +16,7 @@ import signal
 import subprocess
 import sys
 import tempfile
-import threading
+import time
 from pathlib import Path
 
 from .. import graph
@@ -58,8 +58,20 @@ def parse_set(items: list[str], names=tuple(n.name for n in graph.NODES)) -> dic
     return out
 
 
+# Launch arguments that name a file: a relative one is resolved against the caller's folder here, because
+# the processes mode runs its nodes in another folder.
+PATH_ARGS = ('source', 'policy_file', 'model_path')
+
+
+def absolute_if_file(value: str) -> str:
+    return str(Path(value).resolve()) if value and os.path.exists(value) and not os.path.isabs(value) else value
+
+
 def collect_overrides(args, composed: bool) -> dict[str, dict[str, object]]:
     values = {a.name: getattr(args, a.name) for a in graph.LAUNCH_ARGS if getattr(args, a.name) is not None}
+    for name in PATH_ARGS:
+        if name in values:
+            values[name] = absolute_if_file(values[name])
     overrides = {spec.name: graph.overrides_for(spec.name, values) for spec in graph.NODES}
     if composed:
         overrides['camera']['transport'] = 'inproc'
@@ -134,25 +146,47 @@ def manager_command() -> list[str]:
 
 
 def run_processes(args) -> int:
+    """One process per node and the lifecycle manager, supervised like vidaction.launch.py: a node that
+    crashes or is killed is started again after graph.RESPAWN_DELAY_S (the manager brings it back up); a node
+    that ends by itself (0: end of a replayed file) or fails its configuration (2) ends the pipeline with its
+    code, as does the manager (2: bring-up failed)."""
+    from .process_stop import install
     overrides = collect_overrides(args, composed=False)
     params = params_file(args)
-    children = []
+    stop = install(stop_with_parent=True)
+    stop.started()      # nothing slow happens here: a signal only sets the event
     # cwd outside any source checkout: a child must import the installed package, not a source tree.
     cwd = tempfile.gettempdir()
+    commands = {spec.name: node_command(spec, params, overrides[spec.name]) for spec in selected_nodes(overrides)}
+    commands[graph.MANAGER.name] = manager_command()
+    children = {name: _start(cmd, cwd) for name, cmd in commands.items()}
+    respawn_at: dict[str, float] = {}
+    code = 0
     try:
-        for spec in selected_nodes(overrides):
-            children.append(subprocess.Popen(node_command(spec, params, overrides[spec.name]), cwd=cwd,
-                                             start_new_session=True))
-        children.append(subprocess.Popen(manager_command(), cwd=cwd, start_new_session=True))
-        stop = threading.Event()
-        signal.signal(signal.SIGTERM, lambda *_: stop.set())
-        signal.signal(signal.SIGINT, lambda *_: stop.set())
-        while not stop.wait(0.5):
-            if any(c.poll() is not None for c in children):
-                break   # a node died or finished: take the rest down with it, as launch would
-        return 0 if stop.is_set() else max(abs(c.returncode or 0) for c in children if c.returncode is not None)
+        while not stop.requested.wait(0.2):
+            now = time.monotonic()
+            for name, child in list(children.items()):
+                rc = child.poll() if child is not None else None
+                if child is not None and rc is not None:
+                    if name == graph.MANAGER.name or rc in (0, 2):
+                        code = rc
+                        stop.request(f'{name} exited with code {rc}')
+                        break
+                    sys.stderr.write(f'vidaction_pipeline: {name} died (exit code {rc}): restarting it in '
+                                     f'{graph.RESPAWN_DELAY_S:g} s\n')
+                    children[name] = None
+                    respawn_at[name] = now + graph.RESPAWN_DELAY_S
+                elif child is None and now >= respawn_at[name]:
+                    children[name] = _start(commands[name], cwd)
+        return code
     finally:
-        stop_children(children)
+        stop.started()
+        stop_children([c for c in children.values() if c is not None])
+
+
+def _start(cmd: list[str], cwd: str) -> subprocess.Popen:
+    # Own process group: a stop is sent to the group, so nothing a node started is left behind.
+    return subprocess.Popen(cmd, cwd=cwd, start_new_session=True)
 
 
 def stop_children(children, timeout: float = 10.0) -> None:

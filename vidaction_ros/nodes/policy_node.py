@@ -34,6 +34,9 @@ PARAMS = BACKEND_PARAMS + [
           'this (0 = off; the CPU default decides ~180 ms after capture at worst at 10 Hz)', 0.0, 60.0),
     Param('watchdog_period_s', 0.05, 'how often the watchdog looks, and repeats the failsafe while stale',
           0.005, 5.0),
+    Param('watchdog_startup_s', 10.0, 'no decision this long after activation is stale too (a camera that never '
+          'comes up: FAILSAFE, repeated every watchdog_period_s, never silence); 0 = armed by the first '
+          'decision only', 0.0, 3600.0),
     Param('failsafe_action', 'FAILSAFE', 'Action.action name of the failsafe (e.g. HOVER for drones)'),
     Param('failsafe_code', 'FAILSAFE', 'Action code of the failsafe', choices=FAILSAFE_CODES),
     Param('failsafe_priority', 255, 'priority of the failsafe Action', 0, 255),
@@ -77,7 +80,8 @@ class PolicyNode(ManagedNode):
     def activate(self) -> None:
         if self.p['watchdog_deadline_s'] > 0:
             # Armed by the first decision after activation: a fresh start is not a stale pipeline.
-            self.watchdog = PerceptionWatchdog(self.p['watchdog_deadline_s'])
+            self.watchdog = PerceptionWatchdog(self.p['watchdog_deadline_s'], self.p['watchdog_startup_s'])
+            self.watchdog.start(self._now_s())
             self._watchdog_timer = self.create_timer(self.p['watchdog_period_s'], self._watchdog_tick)
 
     def deactivate(self) -> None:

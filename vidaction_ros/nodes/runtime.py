@@ -1,79 +1,96 @@
-"""Shared node process plumbing: init, spin on a multi-threaded executor, clean shutdown on SIGINT/SIGTERM."""
+"""Shared node process plumbing: init, spin each node on its own executor, stop in order (see process_stop)."""
 from __future__ import annotations
 
 import os
-import signal
 import sys
 import threading
 
 import rclpy
 from rclpy._rclpy_pybind11 import RCLError
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+from rclpy.signals import SignalHandlerOptions
+
+from . import process_stop
+from .process_stop import ProcessStop, StartupInterrupted
+
+# What a node raises at construction or configure for a bad parameter, policy file, model or source.
+STARTUP_ERRORS = (ValueError, RuntimeError, OSError)
 
 
-def listen_to_sigint() -> None:
-    """Take SIGINT back when the parent left it ignored. A process started in the background by a shell
-    without job control (nohup, `cmd &` in a script, some CI runners) inherits SIGINT as SIG_IGN; Python and
-    rclpy.init then keep it ignored, and `ros2 launch` / a test harness could stop the node only by escalating
-    to SIGTERM or SIGKILL. Call before rclpy.init, which installs its own handler on top of this one."""
-    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
-        signal.signal(signal.SIGINT, signal.default_int_handler)
+def init_ros(args=None, stop_with_parent: bool = True) -> ProcessStop:
+    """Take the stop signals (see process_stop), then rclpy.init without rclpy's own signal handling."""
+    stop = process_stop.install(stop_with_parent)
+    rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
+    # Something that shuts the context down directly (a test, a library) still ends the wait.
+    rclpy.get_default_context().on_shutdown(lambda: stop.request('ROS shutdown'))
+    return stop
 
 
 def run_nodes(factories, args=None, bring_up_here: bool = False) -> int:
-    """Create the nodes (in order) and spin each on its own executor until shutdown. Returns an exit code.
+    """Create the nodes (in order) and spin each on its own executor until a stop. Returns an exit code.
 
     bring_up_here: configure and activate the nodes with autostart:=false here, downstream first (composed
     mode). Otherwise such nodes wait to be brought up from outside (lifecycle_manager, ros2 lifecycle)."""
-    listen_to_sigint()
-    rclpy.init(args=args)
-    # SIGTERM (ros2 launch, systemd, a test harness) shuts down as cleanly as Ctrl-C.
-    signal.signal(signal.SIGTERM, lambda *_: rclpy.try_shutdown())
-    nodes = []
+    stop = init_ros(args)
+    log = rclpy.logging.get_logger('vidaction_ros')
+    nodes, executors = [], []
     try:
         try:
             for factory in factories:
                 nodes.append(factory())
-        except (ValueError, RuntimeError, OSError) as err:
+            # Bring-up: nodes with autostart configured and activated themselves; the others are brought up
+            # here when asked (composed mode), downstream first. A node that failed to come up ends the
+            # process (the reason is already logged): a half-running pipeline must not look healthy.
+            from .lifecycle import ManagedNode, bring_up
+            failed = []
+            if bring_up_here:
+                failed = bring_up([n for n in nodes if isinstance(n, ManagedNode) and not n.p['autostart']])
+            failed += [n.get_name() for n in nodes
+                       if isinstance(n, ManagedNode) and n.p['autostart'] and not n.active]
+            if failed:
+                log.fatal(f'startup failed: {failed} did not come up')
+                return 2
+            executors = spin_each_node(nodes)
+            stop.started()
+        except StartupInterrupted:
+            log.info(f'stopping during start-up ({stop.reason})')
+            return 0
+        except STARTUP_ERRORS as err:
             # Bad configuration (parameter, policy file, missing model, unopenable source): fail at
             # startup with the reason, naming the field, instead of running half-configured.
-            rclpy.logging.get_logger('vidaction_ros').fatal(f'startup failed: {err}')
+            log.fatal(f'startup failed: {err}')
             return 2
-        # Bring-up: nodes with autostart configured and activated themselves; the others are brought up
-        # here when asked (composed mode), downstream first. A node that failed to come up ends the process
-        # (the reason is already logged): a half-running pipeline must not look healthy.
-        from .lifecycle import ManagedNode, bring_up
-        failed = []
-        if bring_up_here:
-            failed = bring_up([n for n in nodes if isinstance(n, ManagedNode) and not n.p['autostart']])
-        failed += [n.get_name() for n in nodes
-                   if isinstance(n, ManagedNode) and n.p['autostart'] and not n.active]
-        if failed:
-            rclpy.logging.get_logger('vidaction_ros').fatal(f'startup failed: {failed} did not come up')
-            return 2
-        stopped = threading.Event()
-        rclpy.get_default_context().on_shutdown(stopped.set)
-        executors = spin_each_node(nodes)
-        stopped.wait()
-        for executor in executors:
-            executor.shutdown()
-        for executor in executors:
-            # Out of spin before nodes are destroyed and the interpreter exits: a thread still inside rcl
-            # at teardown aborts the process ("terminate called without an active exception").
-            executor.spin_thread.join(5.0)
-    except KeyboardInterrupt:
-        pass
+        stop.requested.wait()
+        log.info(f'stopping ({stop.reason})')
+        return 0
     finally:
-        for node in reversed(nodes):
-            close = getattr(node, 'close', None)
+        stop.started()        # a signal during the release only sets the event
+        stop_executors(executors)
+        close_nodes(nodes)
+        rclpy.try_shutdown()
+
+
+def close_nodes(nodes) -> None:
+    """Deactivate and release each node (the policy's failsafe goes out here, on a live context), then
+    destroy it; downstream first, in the reverse of creation order."""
+    for node in reversed(nodes):
+        close = getattr(node, 'close', None)
+        try:
             if close:
                 close()
-            node.destroy_node()
-        try:
-            rclpy.try_shutdown()
-        except RCLError:
-            pass    # the SIGINT handler shut the context down between try_shutdown's check and its call
-    return 0
+        except Exception as err:  # noqa: BLE001 - one node's failed release must not keep the others' shm
+            rclpy.logging.get_logger('vidaction_ros').error(f'{node.get_name()}: release failed: {err}')
+        node.destroy_node()
+
+
+def stop_executors(executors, timeout_s: float = 5.0) -> None:
+    """Stop spinning before nodes are destroyed and the process exits: a thread still inside rcl at teardown
+    aborts the process ("terminate called without an active exception"). A callback still running after
+    timeout_s (a model load) is left behind: the process ends with os._exit, see exit_process."""
+    for executor in executors:
+        executor.shutdown(timeout_sec=timeout_s)
+    for executor in executors:
+        executor.spin_thread.join(timeout_s)
 
 
 def spin_each_node(nodes) -> list:

@@ -1,8 +1,9 @@
 """Perception watchdog: a silent pipeline is the most dangerous failure, so staleness is an Action too.
 
 The policy node feeds every good decision in (`fresh`) and asks `check` on a short timer. Once armed (by
-the first good decision: before it the controller has heard nothing and applies its own start-up rule),
-the watchdog reports STALE as soon as the newest decision's frame is older than `deadline_s`, repeats it
+the first good decision, or by `start` at activation with a start-up allowance: a camera that never comes
+up, or an embedder that never delivers, must not leave the controller with silence), the watchdog reports
+STALE as soon as the newest decision's frame is older than `deadline_s`, repeats it
 every check while stale (a controller that missed one still hears the next), and reports RECOVERED with
 the next good decision.
 
@@ -33,10 +34,14 @@ class PerceptionWatchdog:
     STALE = 'stale'
     RECOVERED = 'recovered'
 
-    def __init__(self, deadline_s: float):
+    def __init__(self, deadline_s: float, startup_s: float = 0.0):
         if not deadline_s > 0:
             raise ValueError(f'watchdog deadline must be > 0 s, got {deadline_s}')
+        if not startup_s >= 0:
+            raise ValueError(f'watchdog start-up allowance must be >= 0 s, got {startup_s}')
         self.deadline_s = float(deadline_s)
+        self.startup_s = float(startup_s)   # 0: armed only by the first decision
+        self._started_s: float | None = None
         self.armed = False
         self.stale = False
         self.failsafes = 0            # stale reports issued
@@ -58,13 +63,18 @@ class PerceptionWatchdog:
                                  f'perception recovered: frame #{sequence} decided')
         return None
 
+    def start(self, now_s: float) -> None:
+        """The pipeline was activated at now_s: with a start-up allowance, no decision within startup_s of it
+        is STALE too."""
+        self._started_s = now_s
+
     def age(self, now_s: float) -> float:
         return now_s - self._reference_s
 
     def check(self, now_s: float) -> WatchdogEvent | None:
         """STALE (every call while stale) when the newest decision is older than the deadline."""
         if not self.armed:
-            return None
+            return self._check_startup(now_s)
         age = self.age(now_s)
         if age <= self.deadline_s:
             return None
@@ -76,3 +86,17 @@ class PerceptionWatchdog:
                              f'perception stale: newest decision (frame #{self._sequence}) is {age * 1000:.0f} ms '
                              f'old, deadline {self.deadline_s * 1000:.0f} ms (camera, transport or embedder '
                              f'stalled or died)')
+
+    def _check_startup(self, now_s: float) -> WatchdogEvent | None:
+        if self._started_s is None or self.startup_s <= 0:
+            return None
+        waited = now_s - self._started_s
+        if waited <= self.startup_s:
+            return None
+        if not self.stale:
+            self.episodes += 1
+        self.stale = True
+        self.failsafes += 1
+        return WatchdogEvent(self.STALE, waited, self._started_s, -1,
+                             f'perception stale: no decision in the {waited:.1f} s since activation (start-up '
+                             f'allowance {self.startup_s:g} s): camera, transport or embedder never delivered')

@@ -128,7 +128,7 @@ class RunOptions:
 
 
 def pipeline_argv(bag: str, opts: RunOptions) -> list[str]:
-    argv = ['--mode', opts.mode, '--lockstep', '--source', str(bag),
+    argv = ['--mode', opts.mode, '--lockstep', '--source', str(Path(bag).resolve()),
             # The camera waits for 2 subscribers to `action` (itself and our recorder) and a settle time, so
             # the recorder hears the first frame; it shuts the pipeline down at the end of the bag.
             '--set', 'camera.lockstep_action_subscribers=2',
