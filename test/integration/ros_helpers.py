@@ -124,3 +124,15 @@ def stop(proc, sig=signal.SIGINT, timeout=20.0) -> int:
 
 def stamp_s(msg) -> float:
     return msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9
+
+
+def wait_until(predicate, timeout: float, message, interval: float = 0.01) -> None:
+    """Wait for a condition nothing notifies of (a graph match, a counter kept by the code under test):
+    look at `predicate()` every `interval` s until it holds, AssertionError(message) once `timeout` s have
+    passed (message may be a callable, evaluated then, to show the state it failed in). The interval is how
+    often to look, never a guess at how long it takes: the wait ends the moment the condition holds."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() >= deadline:
+            raise AssertionError(message() if callable(message) else message)
+        time.sleep(interval)

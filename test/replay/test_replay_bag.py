@@ -18,6 +18,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from pathlib import Path
 
 import pytest
 
@@ -54,9 +55,14 @@ def labels():
 # -- 1. vidaction-eval, lock-step --------------------------------------------------------------------------------
 @pytest.fixture(scope='module')
 def evaluation(tmp_path_factory):
-    out = tmp_path_factory.mktemp('eval') / 'out'
-    proc = subprocess.run([sys.executable, '-m', 'vidaction_ros.tools.evaluate', str(REPLAY_BAG), '--labels', str(LABELS),
-                           '--out', str(out), '--quiet'], cwd=tempfile.gettempdir(), env=dict(os.environ),
+    # Relative paths from the caller's folder, as a user types them (`cd` into the folder holding the bag): the
+    # pipeline child runs elsewhere, so every path must be resolved against this folder, not its own.
+    here = tmp_path_factory.mktemp('eval')
+    (here / 'bag').symlink_to(REPLAY_BAG, target_is_directory=True)
+    (here / 'labels.yaml').symlink_to(LABELS)
+    out = here / 'out'
+    proc = subprocess.run([sys.executable, '-m', 'vidaction_ros.tools.evaluate', 'bag', '--labels', 'labels.yaml',
+                           '--out', 'out', '--quiet'], cwd=here, env=dict(os.environ),
                           capture_output=True, text=True, timeout=900)
     log = (out / 'pipeline.log').read_text() if (out / 'pipeline.log').exists() else ''
     assert proc.returncode == 0, f'vidaction-eval failed:\n{proc.stderr[-3000:]}\n{proc.stdout[-2000:]}\n{log[-3000:]}'
@@ -95,7 +101,7 @@ def test_stop_fires_within_the_tolerances_of_the_labelled_entry(evaluation, labe
 def test_report_has_event_metrics_from_the_labels(evaluation, labels):
     _, report, stdout = evaluation
     ev = report['events']['STOP']
-    assert report['evaluated_actions'] == ['STOP'] and report['labels'] == str(LABELS)
+    assert report['evaluated_actions'] == ['STOP'] and Path(report['labels']).resolve() == LABELS.resolve()
     # One labelled event, detected (STOP within 3 s of 50.4 s) and no STOP outside it (the bag ends inside the
     # span, and nothing fires before 49.4 s): precision and recall are 1 by the labels alone.
     assert (ev['tp'], ev['fn'], ev['fp']) == (1, 0, 0)

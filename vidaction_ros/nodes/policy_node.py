@@ -93,7 +93,7 @@ class PolicyNode(ManagedNode):
             # Stamped on the frames' clock (media time in a replay): the newest stamp plus the time since.
             stamp_s, sent_at = self._last_sent
             self._publish_failsafe('policy deactivated: no further decisions until it is activated again',
-                                   self._last_sequence, math.nan, stamp_s + self._now_s() - sent_at)
+                                   self._last_sequence, math.nan, stamp_s + self._now_s() - sent_at, planned=True)
 
     def cleanup(self) -> None:
         self._last_decision = None
@@ -208,7 +208,8 @@ class PolicyNode(ManagedNode):
                                    event.last_stamp_s + event.age_s)
             self.counts['failsafes'] = self.watchdog.failsafes
 
-    def _publish_failsafe(self, reason: str, sequence: int, age_ms: float, stamp_s: float | None = None) -> None:
+    def _publish_failsafe(self, reason: str, sequence: int, age_ms: float, stamp_s: float | None = None,
+                          planned: bool = False) -> None:
         msg = Action()
         msg.header.stamp = to_time(self._now_s() if stamp_s is None else stamp_s)
         msg.header.frame_id = self._last_frame_id
@@ -224,7 +225,9 @@ class PolicyNode(ManagedNode):
         msg.capture_to_decide_ms = float(age_ms)
         msg.capture_to_embed_ms = msg.embed_ms = msg.embed_to_decide_ms = math.nan
         self.publisher.publish(msg)
-        if msg.changed:   # logged once per state change, not at every repeat
+        if msg.changed and planned:   # a deactivation (shutdown): expected, not an error
+            self.get_logger().info(f'{msg.action}: {reason}')
+        elif msg.changed:             # logged once per state change, not at every repeat
             self.get_logger().error(f'{msg.action}: {reason}')
         self._last_action = msg.action
 

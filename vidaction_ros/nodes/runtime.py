@@ -61,7 +61,9 @@ def run_nodes(factories, args=None, bring_up_here: bool = False) -> int:
             log.fatal(f'startup failed: {err}')
             return 2
         stop.requested.wait()
-        log.info(f'stopping ({stop.reason})')
+        # Named after the node (a node process) or the pipeline (composed): one line per process.
+        name = nodes[0].get_name() if len(nodes) == 1 else 'vidaction_pipeline'
+        rclpy.logging.get_logger(name).info(f'stopping ({stop.reason})')
         return 0
     finally:
         stop.started()        # a signal during the release only sets the event

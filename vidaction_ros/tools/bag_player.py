@@ -161,12 +161,8 @@ class BagPlayer(Node):
         """Play the bag (once, or until stopped when looping). Blocking; call it from any thread."""
         stop = stop or threading.Event()
         stats = PlayStats({t: 0 for t in self.topics})
-        try:
-            self._wait_subscribers(stop)
-            self._play_passes(stop, stats)
-        except KeyboardInterrupt:
-            # Ctrl-C reaches this thread as KeyboardInterrupt (rclpy chains Python's handler): a normal stop.
-            stop.set()
+        self._wait_subscribers(stop)
+        self._play_passes(stop, stats)
         stats.stopped_early = stop.is_set()
         self._flush()
         # After a shutdown the node's logger can no longer publish to /rosout: log without it.
@@ -215,48 +211,29 @@ class BagPlayer(Node):
 
 
 def run(bag: str, ros_args: list[str] | None = None, **options) -> int:
-    """Init rclpy, play, shut down. Exit code: 0 played, 1 stopped early, 2 bad bag or options."""
-    import signal
-
+    """Init rclpy, play, shut down. Exit code: 0 played (or stopped by Ctrl-C / SIGTERM), 2 bad bag or options."""
     import rclpy
-    from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 
-    from ..nodes.runtime import listen_to_sigint
-    listen_to_sigint()   # see there: a background start leaves SIGINT ignored
-    rclpy.init(args=ros_args)
-    signal.signal(signal.SIGTERM, lambda *_: rclpy.try_shutdown())
-    stop = threading.Event()
-    rclpy.get_default_context().on_shutdown(stop.set)
-    node = None
+    from ..nodes.process_stop import StartupInterrupted
+    from ..nodes.runtime import init_ros, spin_each_node, stop_executors
+    stop = init_ros(ros_args, stop_with_parent=False)
+    node, executors = None, []
     try:
         try:
             node = BagPlayer(bag, **options)
         except (BagError, ValueError, OSError) as err:
             rclpy.logging.get_logger('bag_player').fatal(f'cannot play: {err}')
             return 2
+        except StartupInterrupted:
+            return 0
         # Spin on a side thread so the node answers parameter and graph queries while the main thread plays.
-        executor = SingleThreadedExecutor()
-        executor.add_node(node)
-
-        def spin():
-            try:
-                executor.spin()
-            except ExternalShutdownException:
-                pass
-        spinner = threading.Thread(target=spin, name='bag-player-spin', daemon=True)
-        spinner.start()
-        try:
-            stats = node.play(stop)
-        except KeyboardInterrupt:
-            return 1
-        finally:
-            executor.shutdown()
-            # The spin thread must be out of rcl's wait before the node is destroyed: a thread still waiting
-            # on a destroyed wait set aborts the process at exit ("terminate called without an active
-            # exception").
-            spinner.join(5.0)
-        return 1 if stats.stopped_early else 0
+        executors = spin_each_node([node])
+        stop.started()     # from here a signal sets stop.requested, which play() checks at least every 0.5 s
+        node.play(stop.requested)
+        return 0
     finally:
+        stop.started()
+        stop_executors(executors)
         if node is not None:
             node.destroy_node()
         rclpy.try_shutdown()

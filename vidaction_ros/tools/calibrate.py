@@ -259,12 +259,13 @@ def main(argv: list[str] | None = None) -> int:
         bar.close()
         result = calibrate(trace, args.out, labels, args.rule, args.criterion, args.quantile, args.margin,
                            args.hysteresis, args.max_fpr)
-    except Exception as err:   # a source that cannot be read, a label set with one class: say what, exit 1
+    except Exception as err:   # a source that cannot be read, a label set with one class: say what, exit 2
         bar.close()
+        from ..ingest.bags import BagError
         from ..ingest.frame_source import SourceError
-        if isinstance(err, (ValueError, SourceError, OSError)):
+        if isinstance(err, (ValueError, SourceError, BagError, OSError)):
             sys.stderr.write(f'vidaction-calibrate: {err}\n')
-            return 1
+            return 2
         raise
     finally:
         backend.deactivate()

@@ -92,34 +92,42 @@ def demo_overrides(args) -> dict:
     return overrides
 
 
-def run(args, printer: ActionPrinter, timeout: float) -> tuple[dict, dict]:
-    """Run the composed pipeline in this process until the source ends and the last Action is in.
-    Returns the camera's and the embedder's counters."""
+def run(args, printer: ActionPrinter, timeout: float) -> tuple[dict, dict, str]:
+    """Run the composed pipeline in this process until the source ends and the last Action is in, or a stop
+    (Ctrl-C, SIGTERM). Returns the camera's and the embedder's counters and the stop's reason ('' at the end
+    of the file)."""
     import rclpy
     from ..nodes.lifecycle import bring_up
-    from ..nodes.runtime import listen_to_sigint, spin_each_node
-    listen_to_sigint()   # see there: a background start leaves SIGINT ignored
-    rclpy.init(args=pipeline.ros_args_for(args))
-    nodes = []
+    from ..nodes.process_stop import StartupInterrupted
+    from ..nodes.runtime import close_nodes, init_ros, spin_each_node, stop_executors
+    stop = init_ros(pipeline.ros_args_for(args), stop_with_parent=False)
+    nodes, executors = [], []
+    counts = ({}, {})
     try:
-        printer_node = printer.make_node()   # first, so it hears the very first Action
-        nodes = [factory() for factory in pipeline.node_factories(demo_overrides(args))]
-        camera, embedder = nodes[0], nodes[1]
-        spin_each_node([printer_node] + nodes)
-        failed = bring_up(nodes)       # downstream first, as launch's lifecycle_manager does
+        nodes = [printer.make_node()]   # first, so it hears the very first Action
+        nodes += [factory() for factory in pipeline.node_factories(demo_overrides(args))]
+        camera, embedder = nodes[1], nodes[2]
+        counts = (camera.counts, embedder.counts)
+        executors = spin_each_node(nodes)
+        failed = bring_up(nodes[1:])       # downstream first, as launch's lifecycle_manager does
         if failed:
             raise RuntimeError(f'{failed} did not come up (see the log above for why)')
+        stop.started()
         deadline = time.monotonic() + timeout
         # Done when the file has ended and the last Action has had time to come through.
-        while time.monotonic() < deadline and rclpy.ok():
+        while time.monotonic() < deadline and not stop.requested.is_set():
             if camera.finished.wait(0.2) and time.monotonic() - printer.last_at > 2.0:
                 break
-        return dict(camera.counts), dict(embedder.counts)
+    except StartupInterrupted:
+        pass
     finally:
-        for node in reversed(nodes):
-            getattr(node, 'close', lambda: None)()
-            node.destroy_node()
+        stop.started()
+        if stop.requested.is_set():
+            rclpy.logging.get_logger('vidaction_demo').info(f'stopping ({stop.reason})')
+        stop_executors(executors)
+        close_nodes(nodes)
         rclpy.try_shutdown()
+    return dict(counts[0]), dict(counts[1]), stop.reason if stop.requested.is_set() else ''
 
 
 def require_composed(parser, args) -> None:
@@ -137,13 +145,16 @@ def main(argv=None) -> int:
     require_composed(parser, args)
     printer = ActionPrinter(args.changes_only)
     sys.stdout.write('loading the model and starting the pipeline...\n')
+    from ..nodes.runtime import STARTUP_ERRORS, exit_process
     try:
-        camera, embedder = run(args, printer, args.timeout)
-    except KeyboardInterrupt:
-        return 130
-    sys.stdout.write(summary(camera, embedder, printer))
-    from ..nodes.runtime import exit_process
-    exit_process(0 if printer.count > 0 else 1)   # see exit_process: lifecycle teardown at exit aborts
+        camera, embedder, stopped_by = run(args, printer, args.timeout)
+    except STARTUP_ERRORS as err:
+        sys.stderr.write(f'vidaction_demo: {err}\n')
+        exit_process(2)
+    if camera:
+        sys.stdout.write(summary(camera, embedder, printer))
+    # A stop asked for (Ctrl-C, SIGTERM) is a clean end; otherwise the run must have decided something.
+    exit_process(0 if stopped_by or printer.count > 0 else 1)   # see exit_process: teardown at exit aborts
 
 
 if __name__ == '__main__':

@@ -115,7 +115,7 @@ def parse_labels(data, source: str = '<labels>') -> Labels:
 def load_labels(path: str | os.PathLike) -> Labels:
     """Read a labels YAML file (safe loading). LabelsError names the file and the field."""
     import yaml
-    source = os.fspath(path)
+    source = os.path.abspath(os.fspath(path))   # reports name the file wherever they are read from
     try:
         with open(source, encoding='utf-8') as f:
             data = yaml.safe_load(f)

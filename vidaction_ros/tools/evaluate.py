@@ -137,6 +137,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # Ctrl-C or SIGTERM: the pipeline child is stopped in order (run_replay's finally), a second signal is
+    # absorbed, and the command ends with one line and exit 0, no traceback.
+    from ..nodes.process_stop import StartupInterrupted, install
+    stop = install(stop_with_parent=False)
     from ..ingest.bags import is_bag_path
     from .eval_metrics import LabelsError
     from ..policy import PolicyError
@@ -152,11 +156,15 @@ def main(argv: list[str] | None = None) -> int:
                           sets=args.set, bag_topic=args.bag_topic, settle_s=args.settle_s,
                           stall_timeout_s=args.timeout_s, rescore=not args.no_rescore, progress=not args.quiet)
         result = evaluate(args.bag, out, labels, args.action, tol, opts, args.storage, args.force)
-    except (EvalError, LabelsError, PolicyError, ValueError) as err:
+    except (LabelsError, PolicyError, ValueError, OSError) as err:   # the user's input: labels, policy, paths
+        sys.stderr.write(f'vidaction-eval: {err}\n')
+        return 2
+    except EvalError as err:                                          # the run itself went wrong
         sys.stderr.write(f'vidaction-eval: {err}\n')
         return 1
-    except KeyboardInterrupt:
-        return 130
+    except StartupInterrupted:
+        sys.stderr.write(f'vidaction-eval: stopped ({stop.reason}); no report written\n')
+        return 0
     sys.stdout.write(report_markdown(result.report, result.files))
     return 0 if result.report['stream']['complete'] else 1
 
