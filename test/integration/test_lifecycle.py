@@ -10,7 +10,7 @@ import pytest
 import rclpy
 from lifecycle_msgs.msg import Transition
 
-from ros_helpers import stop
+from ros_helpers import stop, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -36,29 +36,50 @@ def ros():
 
 
 class FrameCounter:
+    """The frames on camera/frame, each kept as the wall time the camera published it (FrameRef.times.published:
+    same machine, same clock as time.time() here), so that a frame still in flight is never taken for one
+    sent later."""
+
     def __init__(self, node):
         from vidaction_ros import qos
         from vidaction_ros.msg import FrameRef
-        self.count = 0
+        self.published = []
         self.node = node
         node.create_subscription(FrameRef, 'camera/frame', self._on, qos.frame_qos(False))
 
     def _on(self, msg):
-        self.count += 1
+        self.published.append(msg.times.published.sec + msg.times.published.nanosec * 1e-9)
 
-    def frames_within(self, seconds):
+    def _spin(self, done, seconds):
+        """Take frames in until done() or `seconds` have passed; done()."""
         from rclpy.executors import SingleThreadedExecutor
-        start = self.count
         executor = SingleThreadedExecutor(context=self.node.context)
         executor.add_node(self.node)
         deadline = time.monotonic() + seconds
         try:
-            while time.monotonic() < deadline:
+            while not done() and time.monotonic() < deadline:
                 executor.spin_once(timeout_sec=0.1)
         finally:
             executor.remove_node(self.node)
             executor.shutdown()
-        return self.count - start
+        return done()
+
+    def frames_within(self, seconds):
+        """How many frames arrive in the next `seconds`: an observation window, for 'nothing flows' (the one
+        claim no event can end early)."""
+        start = len(self.published)
+        self._spin(lambda: False, seconds)
+        return len(self.published) - start
+
+    def published_after(self, t, seconds):
+        """Watch for `seconds` (as frames_within), then how many frames of all received were published after
+        wall time t: frames sent before t and still in flight do not count, however late they arrive."""
+        self._spin(lambda: False, seconds)
+        return sum(p > t for p in self.published)
+
+    def wait_published_after(self, t, count, timeout=60.0):
+        """Until `count` frames published after wall time t have arrived (a condition, with a deadline)."""
+        return self._spin(lambda: sum(p > t for p in self.published) >= count, timeout)
 
 
 def shm_rings(pid):
@@ -82,24 +103,26 @@ def test_camera_states_hold_what_they_should(ros, tmp_path, video_path):
         assert len(shm_rings(camera.pid)) == 1                                    # ring allocated
         assert counter.frames_within(2.0) == 0                                    # but nothing flows
 
+        asked = time.time()
         assert ros.transition('camera', Transition.TRANSITION_ACTIVATE, 'activate')
-        assert counter.frames_within(3.0) >= 5                                   # 10 Hz reasoning rate
+        assert counter.wait_published_after(asked, 5), 'no 5 frames within 60 s of activation'   # it flows
 
         assert ros.transition('camera', Transition.TRANSITION_DEACTIVATE, 'deactivate')
-        counter.frames_within(0.5)                                                # in flight
-        assert counter.frames_within(2.0) == 0
+        inactive = time.time()
+        # Frames published before the deactivation finished may still be in flight and arrive in the window:
+        # only a frame published after it would be wrong.
+        assert counter.published_after(inactive, 2.5) == 0
 
-        assert ros.transition('camera', Transition.TRANSITION_ACTIVATE, 'activate')   # again: instant resume
-        assert counter.frames_within(3.0) >= 5
+        asked = time.time()
+        assert ros.transition('camera', Transition.TRANSITION_ACTIVATE, 'activate')   # again: resumes
+        assert counter.wait_published_after(asked, 5), 'no 5 frames within 60 s of the second activation'
         assert ros.transition('camera', Transition.TRANSITION_DEACTIVATE, 'deactivate')
 
         assert ros.transition('camera', Transition.TRANSITION_CLEANUP, 'cleanup')
         assert ros.state_of('camera') == 'unconfigured'
         assert not shm_rings(camera.pid)                                           # ring released
-        deadline = time.monotonic() + 10
-        while ros.count_publishers('camera/frame') and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert ros.count_publishers('camera/frame') == 0                          # publisher destroyed
+        wait_until(lambda: ros.count_publishers('camera/frame') == 0, 30,          # publisher destroyed
+                   'the camera/frame publisher is still in the graph 30 s after cleanup')
     finally:
         assert stop(camera) == 0
         log.close()

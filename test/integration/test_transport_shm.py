@@ -11,7 +11,6 @@ import subprocess
 import sys
 import tempfile
 import threading
-import time
 
 import numpy as np
 import pytest
@@ -24,6 +23,8 @@ from vidaction_ros.msg import FrameRef
 from vidaction_ros.transport.shm_ring import SHM_DIR, segment_path
 from vidaction_ros.transport.frame_transport import MODES, FrameSender, FrameSubscription, borrow, resolve
 
+from ros_helpers import wait_until
+
 pytestmark = pytest.mark.integration
 FRAMES = 12
 
@@ -31,8 +32,8 @@ FRAMES = 12
 # pixels the test can recompute (seeded by sequence), then waits for 'exit' (clean close) or a SIGKILL.
 PRODUCER = r'''
 import json
+import select
 import sys
-import threading
 import time
 import numpy as np
 import rclpy
@@ -44,14 +45,40 @@ rclpy.init()
 node = Node('shm_test_camera')
 sender = FrameSender(node, 'shm', lockstep=True, slots=frames + 4, max_frame=(640, 480))
 print('ring', sender.ring.name, flush=True)
+WAIT_S = 45.0                                 # under the 60 s the test waits for each answer
+
+
+def readers_registered(wanted, timeout=WAIT_S):
+    """Until `wanted` doorbell readers registered: woken by each registration datagram on the doorbell
+    socket (select), never by a timer; False at the deadline."""
+    deadline = time.monotonic() + timeout
+    while not sender.bell.poll_registrations() or len(sender.bell.readers) < wanted:   # drains them
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return False
+        select.select([sender.bell.sock], [], [], left)
+    return True
+
+
+def subscriptions_matched(wanted, timeout=WAIT_S):
+    """Until our writer matched `wanted` subscriptions (the graph has no event we can wait on here: look
+    every 10 ms); False at the deadline."""
+    deadline = time.monotonic() + timeout
+    while sender.publisher.get_subscription_count() < wanted:
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+
 for line in sys.stdin:                        # 'go' once the test's subscriber matched, then 'exit'
     words = line.split()
     if words and words[0] == 'loan':          # loan N START: wait for N doorbell readers, send loaned frames
         readers, start = int(words[1]), int(words[2])
-        deadline = time.monotonic() + 60
-        while sender.bell is not None and len(sender.bell.readers) < readers and time.monotonic() < deadline:
-            sender.bell.poll_registrations()         # drains registrations
-            time.sleep(0.01)
+        if sender.bell is not None and readers and not readers_registered(readers):
+            print('error', f'only {len(sender.bell.readers)} of {readers} doorbell readers registered in '
+                  f'{WAIT_S} s', flush=True)
+            continue
         for seq in range(start, start + frames):
             if seq == start + frames // 2:    # a loan abandoned mid-fill: nothing published, ring consistent
                 try:
@@ -65,21 +92,21 @@ for line in sys.stdin:                        # 'go' once the test's subscriber 
             view = sender.loan(480, 640)      # the ring slot itself
             view[:] = np.random.default_rng(seq).integers(0, 256, (480, 640, 3), dtype=np.uint8)
             sender.send_loaned(msg, view)
-            time.sleep(0.02)
+            time.sleep(0.02)                  # pacing, not readiness: a camera's 50 Hz, as below
         print('loaned', json.dumps(sender.stats()), flush=True)
     elif words and words[0] == 'go':          # go [N]: once N (default 1) subscriptions matched
-        matched = threading.Event()
         wanted = int(words[1]) if len(words) > 1 else 1
-        for _ in range(1200):                 # until our writer matched the subscriber too (bounded)
-            if sender.publisher.get_subscription_count() >= wanted:
-                break
-            matched.wait(0.05)
+        if not subscriptions_matched(wanted):
+            print('error', f'our writer matched {sender.publisher.get_subscription_count()} of {wanted} '
+                  f'subscriptions in {WAIT_S} s', flush=True)
+            continue
         for seq in range(frames):
             image = np.random.default_rng(seq).integers(0, 256, (480, 640, 3), dtype=np.uint8)
             msg = FrameRef()
             msg.sequence = seq
             sender.send(msg, image)
-            time.sleep(0.02)                  # a camera's pace, not a burst past the reliable depth of 10
+            # Pacing, not readiness: a camera's 50 Hz, not a burst past the reliable keep-last depth of 10.
+            time.sleep(0.02)
         print('sent', flush=True)
     elif line.strip() == 'exit':
         break
@@ -173,13 +200,10 @@ class Consumer:
         with self.changed:
             return self.changed.wait_for(lambda: len(self.results) >= count, timeout)
 
-    def wait_for_publisher(self, timeout: float = 60.0) -> bool:
-        done = threading.Event()
-        for _ in range(int(timeout / 0.05)):       # discovery: bounded wait on the graph
-            if self.node.count_publishers('camera/frame') > 0:
-                return True
-            done.wait(0.05)
-        return False
+    def wait_for_publisher(self, timeout: float = 60.0) -> None:
+        """Discovery: until the producer's writer is in this node's graph (AssertionError after timeout)."""
+        wait_until(lambda: self.node.count_publishers('camera/frame') > 0, timeout,
+                   'the producer never appeared on camera/frame')
 
 
 def test_shm_is_a_transport_mode():
@@ -193,7 +217,7 @@ def test_frames_cross_processes_through_shared_memory_exactly(context):
         assert ring.startswith('vidaction_shm_test_camera_')
         assert os.path.exists(segment_path(ring))
         consumer = Consumer(context)
-        assert consumer.wait_for_publisher(), 'the producer never appeared on camera/frame'
+        consumer.wait_for_publisher()
         producer.say('go')
         producer.expect('sent')
         assert consumer.wait_for(FRAMES), f'only {[m.sequence for m, _ in consumer.results]} of {FRAMES} arrived'
@@ -224,7 +248,7 @@ def test_a_sigkilled_camera_leaves_nothing_that_breaks_the_next_start(context):
     try:
         ring = producer.expect('ring')[1]
         consumer = Consumer(context)
-        assert consumer.wait_for_publisher()
+        consumer.wait_for_publisher()
         producer.say('go')
         producer.expect('sent')
         assert consumer.wait_for(FRAMES), f'only {[m.sequence for m, _ in consumer.results]} of {FRAMES} arrived'
@@ -257,6 +281,7 @@ def test_a_sigkilled_camera_leaves_nothing_that_breaks_the_next_start(context):
 CONSUMER = r'''
 import sys
 import threading
+import time
 import rclpy
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
@@ -269,10 +294,12 @@ FrameSubscription(node, 'camera/frame', lambda msg: print('got', msg.sequence, r
 executor = SingleThreadedExecutor()
 executor.add_node(node)
 threading.Thread(target=executor.spin, daemon=True).start()
-for _ in range(1200):                         # bounded: the camera's publisher is in our graph
-    if node.count_publishers('camera/frame') > 0:
-        break
-    threading.Event().wait(0.05)
+deadline = time.monotonic() + 60             # until the camera's publisher is in our graph (no graph event to
+while node.count_publishers('camera/frame') == 0:   # wait on here: look every 10 ms), bounded
+    if time.monotonic() >= deadline:
+        print('error: the camera never appeared on camera/frame in 60 s', flush=True)
+        sys.exit(1)
+    time.sleep(0.01)
 print('ready', flush=True)
 sys.stdin.read()                              # until the test closes our stdin, or is gone
 '''
@@ -292,7 +319,7 @@ def test_loaned_frames_ring_the_doorbell_and_a_dead_consumer_holds_nothing_up(co
     try:
         producer.expect('ring')
         consumer = Consumer(context, bell=True)
-        assert consumer.wait_for_publisher(), 'the producer never appeared on camera/frame'
+        consumer.wait_for_publisher()
         other = subprocess.Popen([sys.executable, '-c', CONSUMER], cwd=tempfile.gettempdir(), stdin=subprocess.PIPE,
                                  stdout=subprocess.PIPE, text=True, env=dict(os.environ))
         assert other.stdout.readline().strip() == 'ready'
@@ -337,9 +364,8 @@ def test_loaned_frames_ring_the_doorbell_and_a_dead_consumer_holds_nothing_up(co
         assert consumer.wait_observed(range(FRAMES, 2 * FRAMES)), f'the observer got {sorted(consumer.observed)}'
         # Each loaned frame reached this subscription both ways (discovery is long complete by then), so its
         # second copy was dropped: at least FRAMES duplicates, and no frame dispatched twice.
-        deadline = time.monotonic() + 30
-        while counts['duplicates'] < FRAMES and time.monotonic() < deadline:
-            time.sleep(0.05)
+        wait_until(lambda: counts['duplicates'] >= FRAMES, 30,
+                   lambda: f'only {counts["duplicates"]} duplicates dropped in 30 s: {counts}')
         assert FRAMES <= counts['duplicates'] <= 2 * FRAMES
         assert len(consumer.results) == 2 * FRAMES
 
@@ -360,7 +386,7 @@ def test_without_a_doorbell_everything_still_arrives_over_dds(context):
     try:
         producer.expect('ring')
         consumer = Consumer(context, bell=True)
-        assert consumer.wait_for_publisher()
+        consumer.wait_for_publisher()
         producer.say('go')
         producer.expect('sent')
         producer.say(f'loan 0 {FRAMES}')

@@ -22,7 +22,7 @@ from ..ingest.bags import BagFrameSource, is_bag_path
 from ..ingest.compressed import message_to_bgr
 from ..conversions import to_time
 from ..diagnostics import DiagnosticsPublisher, RateMeter, health
-from ..ingest.frame_source import (DEMO_VIDEO, CaptureThread, CapturedFrame, OpenCvSource, downscale,
+from ..ingest.frame_source import (DEMO_VIDEO, Backoff, CaptureThread, CapturedFrame, OpenCvSource, downscale,
                             downscale_into, redact_url, working_size)
 from ..ingest.image_codec import ImageFormatError
 from ..msg import Action, FrameRef, SceneUnchanged
@@ -45,6 +45,8 @@ PARAMS = [
     Param('bag_topic', '', 'image topic to read when source is a rosbag2 bag ("" = its only image topic)'),
     Param('loop', False, 'restart a video file at its end'),
     Param('realtime', True, 'pace a video file at its own fps, as a camera would deliver it'),
+    Param('reconnect_max_s', 10.0, 'a live source that drops is reopened with backoff from 0.5 s, doubling up to '
+          'this', 0.5, 600.0),
     Param('max_width', 640, 'working resolution: frames are downscaled at once to fit', 16, 8192),
     Param('max_height', 480, 'working resolution height bound', 16, 8192),
     Param('rate_hz', 10.0, 'reasoning rate: frames per second handed to the embedder', 0.1, 240.0),
@@ -129,7 +131,8 @@ class CameraNode(ManagedNode):
                 self.source.open()    # a missing file fails now; live devices reconnect with backoff instead
                 self.source.close()
             self.capture = CaptureThread(self.source, self.p['max_width'], self.p['max_height'],
-                                         realtime=self.p['realtime'], logger=self.get_logger())
+                                         realtime=self.p['realtime'], logger=self.get_logger(),
+                                         backoff=Backoff(0.5, self.p['reconnect_max_s']))
         self.get_logger().info(
             f"camera configured: source={self.source.display_uri if self.source else self.p['image_topic']} "
             f"transport={self.p['transport']} rate={self.p['rate_hz']} Hz lockstep={self.p['lockstep']}")

@@ -1,6 +1,7 @@
 """Shared node process plumbing: init, spin each node on its own executor, stop in order (see process_stop)."""
 from __future__ import annotations
 
+import atexit
 import os
 import sys
 import threading
@@ -129,6 +130,11 @@ def exit_process(code: int) -> None:
     shut down). Measured: letting the interpreter tear down lifecycle nodes' C++ handles aborted the process
     ("terminate called without an active exception", exit -6) on every SIGINT, so a clean stop looked like a
     crash to launch and systemd. Nothing is left to finalise, so end here with the real exit code."""
+    # os._exit skips atexit: run its handlers first (the doorbell removes its socket directory there).
+    try:
+        atexit._run_exitfuncs()
+    except Exception:  # noqa: BLE001 - a failing handler must not change how the process ends
+        pass
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)
