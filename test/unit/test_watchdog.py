@@ -47,3 +47,28 @@ def test_media_time_stamps_measure_age_from_the_decision():
 def test_bad_deadline(deadline):
     with pytest.raises(ValueError, match='deadline'):
         PerceptionWatchdog(deadline)
+
+
+def test_no_decision_within_the_startup_allowance_is_stale_and_repeats():
+    # A camera that never comes up: armed at activation (t=100), stale once 3 s pass without a decision.
+    w = PerceptionWatchdog(0.5, startup_s=3.0)
+    w.start(100.0)
+    assert w.check(102.9) is None and w.check(103.0) is None       # within the allowance: not yet
+    first = w.check(103.1)
+    assert first.kind == 'stale' and first.last_sequence == -1 and 'since activation' in first.reason
+    assert first.last_stamp_s + first.age_s == pytest.approx(103.1)  # the failsafe is stamped "now"
+    assert w.check(103.2).kind == 'stale' and w.failsafes == 2 and w.episodes == 1
+    recovered = w.fresh(103.25, 0, 103.3)                           # the first decision ends it
+    assert recovered.kind == 'recovered' and not w.stale
+    assert w.check(103.5) is None
+
+
+def test_without_an_allowance_start_changes_nothing():
+    w = PerceptionWatchdog(0.5)
+    w.start(100.0)
+    assert w.check(1000.0) is None
+
+
+def test_bad_startup_allowance():
+    with pytest.raises(ValueError, match='start-up'):
+        PerceptionWatchdog(0.5, startup_s=-1.0)
