@@ -387,7 +387,7 @@ def test_without_a_doorbell_everything_still_arrives_over_dds(context):
         producer.expect('ring')
         consumer = Consumer(context, bell=True)
         consumer.wait_for_publisher()
-        producer.say('go')
+        producer.say('go 2')                    # once it matched both our subscriptions (frames and observer)
         producer.expect('sent')
         producer.say(f'loan 0 {FRAMES}')
         stats = json.loads(producer.expect('loaned')[1])
