@@ -149,7 +149,7 @@ def render_multiprocess() -> str:
                       namespace=LaunchConfiguration('namespace'), output='screen', emulate_tty=True,
                       respawn=True, respawn_delay={RESPAWN_DELAY_S!r},
                       parameters=[params_file, {override_text}]),''')
-    nodes.append(f'''        manager,
+    nodes.append('''        manager,
         # Bring-up failed (exit 2: a configuration error, logged by the node) or the manager died: stop the
         # whole launch rather than leave a half pipeline running.
         RegisterEventHandler(OnProcessExit(target_action=manager, on_exit=[
