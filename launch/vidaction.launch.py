@@ -2,7 +2,8 @@
 # change the graph description and regenerate (a test checks the two agree).
 """Four lifecycle-node processes, camera -> embedder -> memory -> policy, brought up in order
 (downstream first) by lifecycle_manager. Frames cross processes through a shared-memory ring. With
-escalation:=true a fifth, optional node gives second opinions off the hot path.
+escalation:=true an optional node gives second opinions off the hot path; with overlay:=true another draws
+what the pipeline sees and decides on overlay/compressed.
 
     ros2 launch vidaction_ros vidaction.launch.py source:=/dev/video0 rate_hz:=15.0
 """
@@ -48,6 +49,8 @@ def generate_launch_description():
                               description='cpu backend: object detector for embedder and policy: coco (80 COCO classes), hog (upright people only, cheaper) or none', choices=['coco', 'hog', 'none']),
         DeclareLaunchArgument('escalation', default_value='false',
                               description='also start the escalation node: a second opinion on protective or unsure Actions, published on escalation, never delaying the Action'),
+        DeclareLaunchArgument('overlay', default_value='false',
+                              description='also start the overlay node: JPEG of the frame with regions, detections, scores and the action on overlay/compressed (rviz, rqt_image_view, Foxglove)'),
         DeclareLaunchArgument('interop_image_topic', default_value='',
                               description='also publish frames as sensor_msgs/Image on this topic (rviz, bags)'),
         LifecycleNode(package='vidaction_ros', executable='camera_node', name='camera',
@@ -75,4 +78,8 @@ def generate_launch_description():
                       namespace=LaunchConfiguration('namespace'), output='screen', emulate_tty=True,
                       respawn=True, respawn_delay=2.0,
                       parameters=[params_file], condition=IfCondition(LaunchConfiguration('escalation'))),
+        LifecycleNode(package='vidaction_ros', executable='overlay_node', name='overlay',
+                      namespace=LaunchConfiguration('namespace'), output='screen', emulate_tty=True,
+                      respawn=True, respawn_delay=2.0,
+                      parameters=[params_file, {'policy_file': ParameterValue(LaunchConfiguration('policy_file'), value_type=str)}], condition=IfCondition(LaunchConfiguration('overlay'))),
     ])

@@ -39,6 +39,8 @@ def generate_launch_description():
                               description='cpu backend: object detector for embedder and policy: coco (80 COCO classes), hog (upright people only, cheaper) or none', choices=['coco', 'hog', 'none']),
         DeclareLaunchArgument('escalation', default_value='false',
                               description='also start the escalation node: a second opinion on protective or unsure Actions, published on escalation, never delaying the Action'),
+        DeclareLaunchArgument('overlay', default_value='false',
+                              description='also start the overlay node: JPEG of the frame with regions, detections, scores and the action on overlay/compressed (rviz, rqt_image_view, Foxglove)'),
         DeclareLaunchArgument('interop_image_topic', default_value='',
                               description='also publish frames as sensor_msgs/Image on this topic (rviz, bags)'),
         # No `name=`: a node-name remap would rename all four nodes of the process to one name.
@@ -56,6 +58,7 @@ def generate_launch_description():
                    '--precision', LaunchConfiguration('precision'),
                    '--detector', LaunchConfiguration('detector'),
                    '--escalation', LaunchConfiguration('escalation'),
+                   '--overlay', LaunchConfiguration('overlay'),
                    '--interop_image_topic', LaunchConfiguration('interop_image_topic'),
                         ]),
     ])

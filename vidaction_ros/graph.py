@@ -53,6 +53,10 @@ RESPAWN_DELAY_S = 2.0
 # protective or unsure Actions. It only listens, so it brings itself up (autostart) and the manager, whose
 # list must not wait for a node that was not started, leaves it alone.
 ESCALATION = NodeSpec('escalation', 'escalation_node', 'vidaction_ros.nodes.escalation_node:EscalationNode')
+# Optional, off the hot path (overlay:=true, or --overlay true): the working frame with regions, detections,
+# scores and the action drawn on it, as a JPEG CompressedImage on overlay/compressed. Brings itself up.
+OVERLAY = NodeSpec('overlay', 'overlay_node', 'vidaction_ros.nodes.overlay_node:OverlayNode')
+OPTIONAL_NODES = (ESCALATION, OVERLAY)    # each started by the bool launch argument of its name
 
 LAUNCH_ARGS = (
     LaunchArg('source', '/usr/share/doc/opencv-doc/examples/data/vtest.avi',
@@ -63,7 +67,7 @@ LAUNCH_ARGS = (
     LaunchArg('rate_hz', '10.0', 'reasoning rate in Hz (frames handed to the embedder per second)',
               (('camera', 'rate_hz'),), 'float'),
     LaunchArg('policy_file', '', 'policy YAML (empty = the package default config/policy.yaml)',
-              (('embedder', 'policy_file'), ('policy', 'policy_file'))),
+              (('embedder', 'policy_file'), ('policy', 'policy_file'), ('overlay', 'policy_file'))),
     LaunchArg('backend', 'cpu', 'embedding backend, the same for embedder and policy (auto picks the fastest '
               'the machine and model_path allow)',
               (('embedder', 'backend'), ('policy', 'backend')), choices=BACKEND_CHOICES),
@@ -80,6 +84,8 @@ LAUNCH_ARGS = (
               (('embedder', 'detector'), ('policy', 'detector')), choices=DETECTOR_CHOICES),
     LaunchArg('escalation', 'false', 'also start the escalation node: a second opinion on protective or unsure '
               'Actions, published on escalation, never delaying the Action', (), 'bool'),
+    LaunchArg('overlay', 'false', 'also start the overlay node: JPEG of the frame with regions, detections, '
+              'scores and the action on overlay/compressed (rviz, rqt_image_view, Foxglove)', (), 'bool'),
     LaunchArg('interop_image_topic', '', 'also publish frames as sensor_msgs/Image on this topic (rviz, bags)',
               (('camera', 'interop_image_topic'),)),
 )
@@ -154,13 +160,18 @@ def render_multiprocess() -> str:
         # whole launch rather than leave a half pipeline running.
         RegisterEventHandler(OnProcessExit(target_action=manager, on_exit=[
             Shutdown(reason='lifecycle_manager exited: the graph is not supervised')])),''')
-    nodes.append(f'''        LifecycleNode(package={PACKAGE!r}, executable={ESCALATION.executable!r}, name={ESCALATION.name!r},
+    for spec in OPTIONAL_NODES:
+        overrides = [f'{param!r}: {_param_value(arg)}' for arg in LAUNCH_ARGS
+                     for node, param in arg.targets if node == spec.name]
+        params = 'params_file' + (', {' + ', '.join(overrides) + '}' if overrides else '')
+        nodes.append(f'''        LifecycleNode(package={PACKAGE!r}, executable={spec.executable!r}, name={spec.name!r},
                       namespace=LaunchConfiguration('namespace'), output='screen', emulate_tty=True,
                       respawn=True, respawn_delay={RESPAWN_DELAY_S!r},
-                      parameters=[params_file], condition=IfCondition(LaunchConfiguration('escalation'))),''')
+                      parameters=[{params}], condition=IfCondition(LaunchConfiguration({spec.name!r}))),''')
     return f'''{HEADER}"""Four lifecycle-node processes, camera -> embedder -> memory -> policy, brought up in order
 (downstream first) by lifecycle_manager. Frames cross processes through a shared-memory ring. With
-escalation:=true a fifth, optional node gives second opinions off the hot path.
+escalation:=true an optional node gives second opinions off the hot path; with overlay:=true another draws
+what the pipeline sees and decides on overlay/compressed.
 
     ros2 launch {PACKAGE} vidaction.launch.py source:=/dev/video0 rate_hz:=15.0
 """

@@ -21,6 +21,11 @@ ACTION = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=10,
 IMAGE = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1,
                    reliability=ReliabilityPolicy.BEST_EFFORT, durability=DurabilityPolicy.VOLATILE)
 
+# The overlay picture: reliable so that every viewer matches (rviz and rqt_image_view subscribe reliable by
+# default, Foxglove best effort; a reliable publisher serves both), depth 1: only the newest picture matters.
+OVERLAY = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1,
+                     reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.VOLATILE)
+
 DIAGNOSTICS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1,
                          reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.VOLATILE)
 

@@ -31,15 +31,17 @@ def test_multiprocess_launch_has_one_node_per_graph_node_with_params():
         kw = {k.arg: k.value for k in call.keywords}
         found[ast.literal_eval(kw['name'])] = (call.func.id, ast.literal_eval(kw['executable']))
     # The four as lifecycle nodes with autostart off, the manager that brings them up in order, and the
-    # optional escalation node, started only with escalation:=true and bringing itself up.
-    assert found == {**{n.name: ('LifecycleNode', n.executable) for n in graph.NODES},
-                     graph.MANAGER.name: ('Node', graph.MANAGER.executable),
-                     graph.ESCALATION.name: ('LifecycleNode', graph.ESCALATION.executable)}
+    # optional nodes (escalation, overlay), each started only with <name>:=true and bringing itself up.
+    assert found == {**{n.name: ('LifecycleNode', n.executable) for n in graph.NODES + graph.OPTIONAL_NODES},
+                     graph.MANAGER.name: ('Node', graph.MANAGER.executable)}
+    optional = {n.name for n in graph.OPTIONAL_NODES}
     for call in calls:
         kw = {k.arg: k.value for k in call.keywords}
-        if ast.literal_eval(kw['name']) == graph.ESCALATION.name:
-            assert ast.unparse(kw['condition']) == "IfCondition(LaunchConfiguration('escalation'))"
-            assert ast.unparse(kw['parameters']) == '[params_file]'
+        name = ast.literal_eval(kw['name'])
+        if name in optional:
+            assert ast.unparse(kw['condition']) == f"IfCondition(LaunchConfiguration('{name}'))"
+            assert ast.unparse(kw['parameters']).startswith('[params_file')
+            assert 'autostart' not in ast.unparse(kw['parameters'])
         elif call.func.id == 'LifecycleNode':
             overrides = kw['parameters'].elts[1]
             keys = [ast.literal_eval(k) for k in overrides.keys]
@@ -47,6 +49,15 @@ def test_multiprocess_launch_has_one_node_per_graph_node_with_params():
         else:
             params = ast.literal_eval(kw['parameters'])
             assert params == [{'node_names': list(graph.BRINGUP_ORDER)}]
+        # Every node is restarted when it dies, except the manager: its exit (failed bring-up) ends the launch.
+        if call.func.id == 'LifecycleNode':
+            assert ast.literal_eval(kw['respawn']) is True
+            assert ast.literal_eval(kw['respawn_delay']) == graph.RESPAWN_DELAY_S
+        else:
+            assert 'respawn' not in kw
+    handlers = [c for c in ast.walk(tree) if isinstance(c, ast.Call) and getattr(c.func, 'id', '') == 'OnProcessExit']
+    assert len(handlers) == 1 and 'Shutdown(' in ast.unparse(handlers[0])
+    assert ast.unparse(handlers[0].keywords[0].value) == 'manager'
     assert set(graph.BRINGUP_ORDER) == {n.name for n in graph.NODES}
 
 
@@ -60,7 +71,7 @@ def test_every_launch_argument_has_a_description_and_targets_declared_parameters
 
 def test_params_file_names_only_declared_parameters():
     params = yaml.safe_load((share_dir() / 'config' / graph.PARAMS_FILE).read_text())
-    for spec in graph.NODES + (graph.ESCALATION,):
+    for spec in graph.NODES + graph.OPTIONAL_NODES:
         module = importlib.import_module(spec.factory.split(':')[0])
         declared = {p.name: p for p in module.PARAMS}
         for key, value in params[spec.name]['ros__parameters'].items():
@@ -99,6 +110,13 @@ def test_escalation_node_joins_only_when_asked():
     assert overrides['escalation'] == {'low': 0.1}   # no autostart override: it brings itself up
     with pytest.raises(ValueError, match="launch argument 'escalation'"):
         pipeline.collect_overrides(pipeline.build_parser().parse_args(['--escalation', 'yes']), False)
+
+
+def test_overlay_node_joins_only_when_asked_with_the_policy_file():
+    args = pipeline.build_parser().parse_args(['--overlay', 'true', '--policy_file', '/p.yaml'])
+    overrides = pipeline.collect_overrides(args, composed=True)
+    assert pipeline.selected_nodes(overrides) == graph.NODES + (graph.OVERLAY,)
+    assert overrides['overlay'] == {'policy_file': '/p.yaml'}   # the regions it draws are the policy's
 
 
 def test_process_command_line_carries_typed_parameters():

@@ -41,6 +41,7 @@ LAYERS = [
     ('memory',),
     ('policy',),
     ('escalation',),
+    ('overlay',),
     ('graph',),
     ('nodes',),
     ('tools', 'backends'),   # backends/: the old `python -m vidaction_ros.backends.clip_export` command line

@@ -78,8 +78,10 @@ def collect_overrides(args, composed: bool) -> dict[str, dict[str, object]]:
     for node in overrides.values():
         # Brought up from outside, downstream first: by run_nodes (composed) or lifecycle_manager (processes).
         node['autostart'] = False
-    if escalation_wanted(args):
-        overrides[graph.ESCALATION.name] = {}   # autostart: it only listens (see graph.ESCALATION)
+    for spec in graph.OPTIONAL_NODES:
+        if optional_wanted(args, spec.name):
+            # autostart (no override): they only listen, so they bring themselves up (see graph.ESCALATION)
+            overrides[spec.name] = graph.overrides_for(spec.name, values)
     if args.lockstep:
         for node, params in LOCKSTEP_OVERRIDES.items():
             overrides[node].update(params)
@@ -103,13 +105,14 @@ def node_factories(overrides: dict[str, dict[str, object]]):
     return [lambda spec=spec: factory(spec) for spec in selected_nodes(overrides)]
 
 
-def escalation_wanted(args) -> bool:
-    return graph.parse_value(args.escalation, 'bool', 'escalation') if args.escalation is not None else False
+def optional_wanted(args, name: str) -> bool:
+    value = getattr(args, name)
+    return graph.parse_value(value, 'bool', name) if value is not None else False
 
 
 def selected_nodes(overrides: dict[str, dict[str, object]]) -> tuple[graph.NodeSpec, ...]:
-    """The four pipeline nodes, and the optional escalation node when the overrides carry its section."""
-    return graph.NODES + ((graph.ESCALATION,) if graph.ESCALATION.name in overrides else ())
+    """The four pipeline nodes, and the optional ones whose section the overrides carry."""
+    return graph.NODES + tuple(spec for spec in graph.OPTIONAL_NODES if spec.name in overrides)
 
 
 def ros_args_for(args) -> list[str]:

@@ -14,10 +14,11 @@ from .. import qos
 from ..perception.backends import create_backend
 from ..conversions import ms_between, to_seconds, to_time, vector_from_msg
 from ..diagnostics import DiagnosticsPublisher, RateMeter, health
-from ..msg import Action, MemoryContext, SceneUnchanged
+from ..msg import Action, MemoryContext, RuleScore, SceneUnchanged
 from ..params import Param
 from ..paths import resolve_policy_file
 from ..policy import Observation, PolicyEngine, load_policy
+from ..policy.spec import thresholds
 from ..stats import LatencyWindow
 from ..policy.watchdog import PerceptionWatchdog
 from .embedder_node import BACKEND_PARAMS, backend_params
@@ -148,6 +149,7 @@ class PolicyNode(ManagedNode):
         # The objects behind the decision: those in the deciding rule's region (all for the full frame).
         msg.detections = [d for d in context.embedding.detections
                           if not decision.region or decision.region in d.regions]
+        msg.scores = self._rule_scores(decision)
         self.publisher.publish(msg)
         self._last_decision = msg
         self._sent(msg)
@@ -155,6 +157,14 @@ class PolicyNode(ManagedNode):
         self.counts['changes'] += int(decision.changed)
         self.latency.add(msg.capture_to_decide_ms)
         self._log(msg)
+
+    def _rule_scores(self, decision) -> list[RuleScore]:
+        out = []
+        for rule in self.spec.rules:
+            enter, exit_ = thresholds(rule)
+            out.append(RuleScore(name=rule.name, score=float(decision.scores.get(rule.name, math.nan)),
+                                 enter=float(enter), exit=float(exit_), active=rule.name in decision.active))
+        return out
 
     def _sent(self, msg: Action) -> None:
         """Book-keeping after a per-frame Action (decided or kept): the stream's state and the watchdog."""
@@ -179,7 +189,7 @@ class PolicyNode(ManagedNode):
             return
         msg = Action()
         for field in ('action', 'action_code', 'priority', 'score', 'threshold', 'matched_prompt', 'region',
-                      'frame_sequence', 'detections'):
+                      'frame_sequence', 'detections', 'scores'):
             setattr(msg, field, getattr(decided, field))
         msg.header = notice.header
         msg.trigger = Action.TRIGGER_UNCHANGED

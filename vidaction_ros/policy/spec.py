@@ -107,3 +107,11 @@ class PolicySpec:
     def rules(self) -> tuple:
         """All rules in tie-break order: `actions` in file order, then `temporal` in file order."""
         return self.actions + self.temporal
+
+
+def thresholds(rule) -> tuple[float, float]:
+    """(enter, exit) of a rule on its own score scale: a prompt rule's score rises to enter, a temporal
+    rule's similarity falls to below_similarity."""
+    if isinstance(rule, TemporalRule):
+        return rule.below_similarity, rule.exit_similarity
+    return rule.enter, rule.exit
