@@ -29,7 +29,7 @@ def main(argv=None) -> int:
     demo.require_composed(parser, args)
     args.set = list(args.set) + [f'camera.max_frames={args.frames}']
     printer = demo.ActionPrinter(changes_only=True, out=io.StringIO())
-    camera, embedder = demo.run(args, printer, timeout=1200)
+    camera, embedder, _ = demo.run(args, printer, timeout=1200)
     stages = {k.replace('_ms', ''): {'p50_ms': w.percentile(50), 'p99_ms': w.percentile(99)}
               for k, w in printer.latency.items()}
     total = printer.latency['capture_to_decide_ms']
