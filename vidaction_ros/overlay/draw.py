@@ -83,6 +83,10 @@ def render(image: np.ndarray, state: OverlayState, top_scores: int = 3) -> np.nd
         deciding = bool(state.region) and name == state.region
         cv2.polylines(out, [to_pixels(polygon, w, h)], True, colour if deciding else GREY,
                       DECIDING_REGION_THICKNESS if deciding else REGION_THICKNESS, cv2.LINE_AA)
+        pts = to_pixels(polygon, w, h)
+        top = pts[np.argmin(pts[:, 1])]              # the name beside the polygon's highest vertex
+        cv2.putText(out, name, (int(min(top[0] + 4, w - 80)), int(max(top[1] - 4, BANNER_H + 12))), FONT, 0.45,
+                    colour if deciding else GREY, 1, cv2.LINE_AA)
     for box in state.boxes:
         in_decision = not state.region or state.region in box.regions
         (x0, y0), (x1, y1) = to_pixels([(box.x_min, box.y_min), (box.x_max, box.y_max)], w, h)
