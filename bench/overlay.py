@@ -1,6 +1,8 @@
 #!/usr/bin/env python3
-"""Does the overlay slow the hot path? camera -> Action of the composed pipeline with the overlay node off and
-on, same video, same frames, back to back in one run (each its own bench/e2e.py process).
+"""Does the overlay (or the Foxglove live view) slow the hot path? camera -> Action of the composed pipeline
+with the overlay node off, on, and on with the Foxglove server (a client is not needed: the server encodes
+only for subscribers, so this is its idle cost), same video, same frames, back to back in one run (each its own
+bench/e2e.py process).
 
     python bench/overlay.py [--frames 300] [--json PATH]
 
@@ -31,13 +33,15 @@ def main(argv=None) -> int:
     parser.add_argument('--frames', type=int, default=300)
     parser.add_argument('--json', default='')
     args = parser.parse_args(argv)
-    rows = {'off': run_e2e(args.frames, []), 'on': run_e2e(args.frames, ['--overlay', 'true'])}
+    rows = {'off': run_e2e(args.frames, []), 'on': run_e2e(args.frames, ['--overlay', 'true']),
+            'foxglove': run_e2e(args.frames, ['--foxglove', 'true', '--set', 'overlay.foxglove_port=0'])}
     print(f"{'overlay':<10}{'actions':>9}{'p50 ms':>10}{'p99 ms':>10}")
     for name, r in rows.items():
         print(f"{name:<10}{r['actions']:>9}{r['p50_ms']:>10.1f}{r['p99_ms']:>10.1f}")
-    ratio = {k: rows['on'][k] / rows['off'][k] for k in ('p50_ms', 'p99_ms')}
-    print(f"on/off ratio: p50 {ratio['p50_ms']:.2f}  p99 {ratio['p99_ms']:.2f}  ({os.cpu_count()} CPUs, "
-          f"{args.frames} frames)")
+    ratio = {row: {k: rows[row][k] / rows['off'][k] for k in ('p50_ms', 'p99_ms')} for row in ('on', 'foxglove')}
+    for row, r in ratio.items():
+        print(f"{row}/off ratio: p50 {r['p50_ms']:.2f}  p99 {r['p99_ms']:.2f}")
+    print(f'({os.cpu_count()} CPUs, {args.frames} frames each)')
     if args.json:
         Path(args.json).write_text(json.dumps({'rows': rows, 'ratio': ratio, 'cpus': os.cpu_count()}, indent=2))
     return 0

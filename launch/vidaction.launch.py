@@ -11,7 +11,7 @@ from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument, RegisterEventHandler, Shutdown
 from launch.conditions import IfCondition
 from launch.event_handlers import OnProcessExit
-from launch.substitutions import LaunchConfiguration, PathJoinSubstitution
+from launch.substitutions import LaunchConfiguration, PathJoinSubstitution, PythonExpression
 from launch_ros.actions import LifecycleNode, Node
 from launch_ros.parameter_descriptions import ParameterValue
 from launch_ros.substitutions import FindPackageShare
@@ -51,6 +51,8 @@ def generate_launch_description():
                               description='also start the escalation node: a second opinion on protective or unsure Actions, published on escalation, never delaying the Action'),
         DeclareLaunchArgument('overlay', default_value='false',
                               description='also start the overlay node: JPEG of the frame with regions, detections, scores and the action on overlay/compressed (rviz, rqt_image_view, Foxglove)'),
+        DeclareLaunchArgument('foxglove', default_value='false',
+                              description='live Foxglove view: the overlay node also serves a Foxglove WebSocket on localhost (port: overlay.foxglove_port, 8765) with the overlay, Actions and scores; starts the overlay node'),
         DeclareLaunchArgument('interop_image_topic', default_value='',
                               description='also publish frames as sensor_msgs/Image on this topic (rviz, bags)'),
         LifecycleNode(package='vidaction_ros', executable='camera_node', name='camera',
@@ -81,5 +83,5 @@ def generate_launch_description():
         LifecycleNode(package='vidaction_ros', executable='overlay_node', name='overlay',
                       namespace=LaunchConfiguration('namespace'), output='screen', emulate_tty=True,
                       respawn=True, respawn_delay=2.0,
-                      parameters=[params_file, {'policy_file': ParameterValue(LaunchConfiguration('policy_file'), value_type=str)}], condition=IfCondition(LaunchConfiguration('overlay'))),
+                      parameters=[params_file, {'policy_file': ParameterValue(LaunchConfiguration('policy_file'), value_type=str), 'foxglove': ParameterValue(LaunchConfiguration('foxglove'), value_type=bool)}], condition=IfCondition(PythonExpression(["'", LaunchConfiguration('overlay'), "'.lower() == 'true'", " or ", "'", LaunchConfiguration('foxglove'), "'.lower() == 'true'"]))),
     ])

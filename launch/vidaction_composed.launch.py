@@ -41,6 +41,8 @@ def generate_launch_description():
                               description='also start the escalation node: a second opinion on protective or unsure Actions, published on escalation, never delaying the Action'),
         DeclareLaunchArgument('overlay', default_value='false',
                               description='also start the overlay node: JPEG of the frame with regions, detections, scores and the action on overlay/compressed (rviz, rqt_image_view, Foxglove)'),
+        DeclareLaunchArgument('foxglove', default_value='false',
+                              description='live Foxglove view: the overlay node also serves a Foxglove WebSocket on localhost (port: overlay.foxglove_port, 8765) with the overlay, Actions and scores; starts the overlay node'),
         DeclareLaunchArgument('interop_image_topic', default_value='',
                               description='also publish frames as sensor_msgs/Image on this topic (rviz, bags)'),
         # No `name=`: a node-name remap would rename all four nodes of the process to one name.
@@ -59,6 +61,7 @@ def generate_launch_description():
                    '--detector', LaunchConfiguration('detector'),
                    '--escalation', LaunchConfiguration('escalation'),
                    '--overlay', LaunchConfiguration('overlay'),
+                   '--foxglove', LaunchConfiguration('foxglove'),
                    '--interop_image_topic', LaunchConfiguration('interop_image_topic'),
                         ]),
     ])

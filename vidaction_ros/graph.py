@@ -86,6 +86,9 @@ LAUNCH_ARGS = (
               'Actions, published on escalation, never delaying the Action', (), 'bool'),
     LaunchArg('overlay', 'false', 'also start the overlay node: JPEG of the frame with regions, detections, '
               'scores and the action on overlay/compressed (rviz, rqt_image_view, Foxglove)', (), 'bool'),
+    LaunchArg('foxglove', 'false', 'live Foxglove view: the overlay node also serves a Foxglove WebSocket on '
+              'localhost (port: overlay.foxglove_port, 8765) with the overlay, Actions and scores; starts the '
+              'overlay node', (('overlay', 'foxglove'),), 'bool'),
     LaunchArg('interop_image_topic', '', 'also publish frames as sensor_msgs/Image on this topic (rviz, bags)',
               (('camera', 'interop_image_topic'),)),
 )
@@ -144,6 +147,18 @@ def _param_value(arg: LaunchArg) -> str:
     return f'ParameterValue(LaunchConfiguration({arg.name!r}), value_type={arg.value_type})'
 
 
+# Launch arguments that also start an optional node (foxglove:=true needs the overlay node that serves it).
+ALSO_STARTS = {'overlay': ('foxglove',)}
+
+
+def _start_condition(name: str) -> str:
+    args = (name,) + ALSO_STARTS.get(name, ())
+    if len(args) == 1:
+        return f'IfCondition(LaunchConfiguration({name!r}))'
+    parts = ', " or ", '.join(f"\"'\", LaunchConfiguration({a!r}), \"'.lower() == 'true'\"" for a in args)
+    return f'IfCondition(PythonExpression([{parts}]))'
+
+
 def render_multiprocess() -> str:
     nodes = []
     for spec in NODES:
@@ -167,7 +182,7 @@ def render_multiprocess() -> str:
         nodes.append(f'''        LifecycleNode(package={PACKAGE!r}, executable={spec.executable!r}, name={spec.name!r},
                       namespace=LaunchConfiguration('namespace'), output='screen', emulate_tty=True,
                       respawn=True, respawn_delay={RESPAWN_DELAY_S!r},
-                      parameters=[{params}], condition=IfCondition(LaunchConfiguration({spec.name!r}))),''')
+                      parameters=[{params}], condition={_start_condition(spec.name)}),''')
     return f'''{HEADER}"""Four lifecycle-node processes, camera -> embedder -> memory -> policy, brought up in order
 (downstream first) by lifecycle_manager. Frames cross processes through a shared-memory ring. With
 escalation:=true an optional node gives second opinions off the hot path; with overlay:=true another draws
@@ -179,7 +194,7 @@ from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument, RegisterEventHandler, Shutdown
 from launch.conditions import IfCondition
 from launch.event_handlers import OnProcessExit
-from launch.substitutions import LaunchConfiguration, PathJoinSubstitution
+from launch.substitutions import LaunchConfiguration, PathJoinSubstitution, PythonExpression
 from launch_ros.actions import LifecycleNode, Node
 from launch_ros.parameter_descriptions import ParameterValue
 from launch_ros.substitutions import FindPackageShare

@@ -39,7 +39,9 @@ def test_multiprocess_launch_has_one_node_per_graph_node_with_params():
         kw = {k.arg: k.value for k in call.keywords}
         name = ast.literal_eval(kw['name'])
         if name in optional:
-            assert ast.unparse(kw['condition']) == f"IfCondition(LaunchConfiguration('{name}'))"
+            condition = ast.unparse(kw['condition'])
+            for arg in (name,) + graph.ALSO_STARTS.get(name, ()):   # overlay:=true or foxglove:=true
+                assert f"LaunchConfiguration('{arg}')" in condition, condition
             assert ast.unparse(kw['parameters']).startswith('[params_file')
             assert 'autostart' not in ast.unparse(kw['parameters'])
         elif call.func.id == 'LifecycleNode':
@@ -117,6 +119,8 @@ def test_overlay_node_joins_only_when_asked_with_the_policy_file():
     overrides = pipeline.collect_overrides(args, composed=True)
     assert pipeline.selected_nodes(overrides) == graph.NODES + (graph.OVERLAY,)
     assert overrides['overlay'] == {'policy_file': '/p.yaml'}   # the regions it draws are the policy's
+    live = pipeline.collect_overrides(pipeline.build_parser().parse_args(['--foxglove', 'true']), composed=True)
+    assert live['overlay'] == {'foxglove': True}                # the live view is served by the overlay node
 
 
 def test_process_command_line_carries_typed_parameters():

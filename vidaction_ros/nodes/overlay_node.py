@@ -39,7 +39,16 @@ PARAMS = [
     Param('jpeg_quality', 80, 'JPEG quality of overlay/compressed', 10, 100),
     Param('top_scores', 3, 'rules shown as score bars, highest score first', 0, 20),
     Param('frame_ring', 16, 'frame references kept for the Actions that name them (~1.6 s at 10 Hz)', 1, 300),
+    Param('foxglove', False, 'also serve a live Foxglove view (foxglove-sdk WebSocket server): the overlay, '
+          'every Action and every rule\'s score as time series; layout config/foxglove_layout.json'),
+    Param('foxglove_host', '127.0.0.1', 'address the Foxglove WebSocket server listens on (loopback by default: '
+          'open it to the network only on purpose)', allow_empty=False),
+    Param('foxglove_port', 8765, 'port of the Foxglove WebSocket server (0 = any free port, logged)', 0, 65535),
 ]
+
+
+def stamp_ns(msg) -> int:
+    return msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
 
 
 def overlay_state(msg: Action, regions: dict) -> OverlayState:
@@ -60,6 +69,7 @@ class OverlayNode(ManagedNode):
     def __init__(self, name: str = 'overlay', **kwargs):
         super().__init__(name, **kwargs)
         self.refs: OrderedDict[int, FrameRef] = OrderedDict()
+        self.view = None    # FoxgloveView when foxglove:=true
         self.regions: dict = {}
         self.counts = {'drawn': 0, 'skipped_rate': 0, 'lost': 0, 'no_frame': 0}
         self.draw_ms = LatencyWindow()
@@ -78,9 +88,17 @@ class OverlayNode(ManagedNode):
         self.own(self.create_subscription(Action, 'action', self._on_action, qos.ACTION))
         self.get_logger().info(f"overlay up: regions {sorted(self.regions)}, at most {self.p['rate_hz']} Hz on "
                                f"{self.publisher.topic_name}")
+        if self.p['foxglove']:
+            from ..overlay.foxglove_view import FoxgloveView
+            self.view = FoxgloveView(self.p['foxglove_host'], self.p['foxglove_port'], name=self.get_name())
+            self.get_logger().info(f"Foxglove live view: ws://{self.p['foxglove_host']}:{self.view.port} "
+                                   f"(layout config/foxglove_layout.json)")
 
     def cleanup(self) -> None:
         self.refs.clear()
+        if self.view is not None:
+            self.view.close()
+        self.view = None
 
     def _on_frame(self, ref: FrameRef) -> None:
         if not self.active:
@@ -92,6 +110,8 @@ class OverlayNode(ManagedNode):
     def _on_action(self, msg: Action) -> None:
         if not self.active:
             return
+        if self.view is not None:
+            self._stream(msg)
         now = time.monotonic()
         changed = msg.action != self._last_action
         self._last_action = msg.action
@@ -117,9 +137,21 @@ class OverlayNode(ManagedNode):
         out.data = encode_jpeg(render(image, overlay_state(msg, self.regions), self.p['top_scores']),
                                self.p['jpeg_quality'])
         self.publisher.publish(out)
+        if self.view is not None:
+            self.view.picture(stamp_ns(msg), bytes(out.data), msg.header.frame_id)
         self.draw_ms.add((time.perf_counter() - started) * 1e3)
         self.counts['drawn'] += 1
         self._next_at = now + 1.0 / self.p['rate_hz']
+
+    def _stream(self, msg: Action) -> None:
+        stamp = stamp_ns(msg)
+        self.view.action(stamp, {'action': msg.action, 'action_code': int(msg.action_code), 'trigger': msg.trigger,
+                                 'changed': bool(msg.changed), 'score': float(msg.score),
+                                 'threshold': float(msg.threshold), 'region': msg.region, 'reason': msg.reason,
+                                 'frame_sequence': int(msg.frame_sequence),
+                                 'latency_ms': float(msg.capture_to_decide_ms)})
+        if msg.scores:
+            self.view.rule_scores(stamp, {s.name: (float(s.score), float(s.enter)) for s in msg.scores})
 
     def _diagnostics(self):
         info = {'lifecycle': 'active' if self.active else 'inactive' if self.configured else 'unconfigured'}

@@ -79,7 +79,7 @@ def collect_overrides(args, composed: bool) -> dict[str, dict[str, object]]:
         # Brought up from outside, downstream first: by run_nodes (composed) or lifecycle_manager (processes).
         node['autostart'] = False
     for spec in graph.OPTIONAL_NODES:
-        if optional_wanted(args, spec.name):
+        if any(optional_wanted(args, name) for name in (spec.name,) + graph.ALSO_STARTS.get(spec.name, ())):
             # autostart (no override): they only listen, so they bring themselves up (see graph.ESCALATION)
             overrides[spec.name] = graph.overrides_for(spec.name, values)
     if args.lockstep:
