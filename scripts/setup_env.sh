@@ -39,8 +39,10 @@ apt_missing=()
 [ -f "$VTEST" ] || apt_missing+=(opencv-doc)
 [ -f "$GP_CLIP" ] || apt_missing+=(python-nbsphinx-doc)
 command -v cmake >/dev/null || apt_missing+=(cmake)
-# The network-camera tests serve a real HTTP MPEG-TS stream with the ffmpeg command.
+# The network-camera tests serve a real HTTP MPEG-TS stream with the ffmpeg command; the report test opens
+# report.html in headless Chromium.
 command -v ffmpeg >/dev/null || apt_missing+=(ffmpeg)
+command -v chromium >/dev/null || apt_missing+=(chromium)
 { command -v c++ >/dev/null && command -v cc >/dev/null; } || apt_missing+=(g++)
 { command -v make >/dev/null || command -v ninja >/dev/null; } || apt_missing+=(make)
 # Headers for the generated Python typesupport modules; ensurepip for `python -m venv`.
@@ -67,7 +69,7 @@ if [ ${#apt_missing[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive "${SUDO[@]}" apt-get install -y -qq "${apt_missing[@]}" >/dev/null
   [ -f "$VTEST" ] || die "opencv-doc is installed but $VTEST is still missing"
 else
-  say "system packages present (opencv-doc video, race clip, cmake, compiler, Python headers, ffmpeg)"
+  say "system packages present (opencv-doc video, race clip, cmake, compiler, Python headers, ffmpeg, chromium)"
 fi
 
 # --- 2. venv ------------------------------------------------------------------------------

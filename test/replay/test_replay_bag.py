@@ -14,6 +14,7 @@ before the labelled span does.
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -208,3 +209,49 @@ def test_bag_play_into_the_camera_topic_keeps_the_bags_stamps(context, tmp_path,
     assert stops and min(stops) >= start, f'STOP at {stops[:5]}'     # not before the first visible leg
     assert all(a.action == 'CONTINUE' for a, t in zip(actions, stamps) if t < start - EDGE_TOLERANCE_S)
     assert all(math.isfinite(a.capture_to_decide_ms) and a.capture_to_decide_ms > 0 for a in actions)
+
+
+# -- report.html in a real browser -------------------------------------------------------------------------------
+CHROMIUM = next((c for c in ('chromium', 'chromium-browser', 'google-chrome') if shutil.which(c)), None)
+
+
+def chromium(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    # A profile of its own per call: a second browser must not attach to a running one.
+    with tempfile.TemporaryDirectory() as profile:
+        return subprocess.run([CHROMIUM, '--headless', '--no-sandbox', '--disable-gpu', f'--user-data-dir={profile}',
+                               '--allow-file-access-from-files', *args], capture_output=True, text=True,
+                              timeout=timeout)
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason='needs Debian chromium (scripts/setup_env.sh installs it)')
+def test_report_html_opens_in_a_browser_with_its_images_and_the_reports_rows(evaluation):
+    import re
+    out, report, _ = evaluation
+    page = out / 'report.html'
+    assert page.is_file() and report['files']['report_html'].endswith('report.html')
+    dom = chromium('--virtual-time-budget=10000', '--dump-dom', page.as_uri())
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    body = re.search(r'<body[^>]*>', dom.stdout).group(0)
+    total = int(re.search(r'data-images-total="(\d+)"', body).group(1))
+    loaded = int(re.search(r'data-images-loaded="(\d+)"', body).group(1))
+    # The timeline and one thumbnail per onset, miss and false alarm, every one decoded by the browser.
+    assert total == 1 + len(report['thumbnails']) and loaded == total, body
+    # The labelled STOP span was detected (the event metrics' test above): its onset is among the thumbnails.
+    assert any(t['kind'] == 'onset' and t['action'] == 'STOP' for t in report['thumbnails'])
+    # The span rows the browser shows are report.json's spans, in order.
+    rows = re.findall(r'<tr data-action="STOP" class="span">(.*?)</tr>', dom.stdout)
+    spans = report['events']['STOP']['spans']
+    assert len(rows) == len(spans)
+    for row, span in zip(rows, spans):
+        cells = re.findall(r'<td>(.*?)</td>', row)
+        assert cells[0] == f'{span["start"]:.1f}–{span["end"]:.1f} s'
+        assert cells[1] == ('yes' if span['detected'] else 'no')
+    latency_rows = re.findall(r'<tr class="latency">(.*?)</tr>', dom.stdout)
+    assert [re.findall(r'<td>(.*?)</td>', r)[0] for r in latency_rows] == list(report['latency_ms'])
+    shot = out / 'report.png'
+    result = chromium('--virtual-time-budget=10000', '--window-size=1200,1600', f'--screenshot={shot}',
+                      page.as_uri())
+    assert result.returncode == 0 and shot.stat().st_size > 10_000, result.stderr[-2000:]
+    folder = os.environ.get('VIDACTION_DOCS_IMAGES')
+    if folder:
+        shutil.copy(shot, Path(folder) / 'report.png')

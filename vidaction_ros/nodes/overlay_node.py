@@ -22,7 +22,7 @@ from .. import qos
 from ..diagnostics import DiagnosticsPublisher, health
 from ..ingest.image_codec import ImageFormatError
 from ..msg import Action, FrameRef
-from ..overlay.draw import Box, OverlayState, Score, encode_jpeg, render
+from ..overlay.draw import encode_jpeg, render, state_from_action
 from ..params import Param
 from ..paths import resolve_policy_file
 from ..stats import LatencyWindow
@@ -49,18 +49,6 @@ PARAMS = [
 
 def stamp_ns(msg) -> int:
     return msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
-
-
-def overlay_state(msg: Action, regions: dict) -> OverlayState:
-    """The drawable state of one Action (plain values: the drawing core imports no ROS)."""
-    failsafe = msg.trigger == Action.TRIGGER_WATCHDOG
-    return OverlayState(
-        action=msg.action, action_code=msg.action_code, trigger=msg.trigger, reason=msg.reason,
-        latency_ms=float(msg.capture_to_decide_ms), region=msg.region, failsafe=failsafe, regions=regions,
-        boxes=tuple(Box(d.label, float(d.confidence), d.x_min, d.y_min, d.x_max, d.y_max, tuple(d.regions))
-                    for d in msg.detections),
-        scores=tuple(Score(s.name, float(s.score), float(s.enter), float(s.exit), bool(s.active))
-                     for s in msg.scores))
 
 
 class OverlayNode(ManagedNode):
@@ -134,7 +122,7 @@ class OverlayNode(ManagedNode):
         out = CompressedImage()
         out.header = msg.header
         out.format = 'jpeg'
-        out.data = encode_jpeg(render(image, overlay_state(msg, self.regions), self.p['top_scores']),
+        out.data = encode_jpeg(render(image, state_from_action(msg, self.regions), self.p['top_scores']),
                                self.p['jpeg_quality'])
         self.publisher.publish(out)
         if self.view is not None:

@@ -61,6 +61,22 @@ class OverlayState:
     scores: Sequence[Score] = ()
 
 
+WATCHDOG_TRIGGER = 'watchdog'   # Action.TRIGGER_WATCHDOG (no ROS import here)
+
+
+def state_from_action(msg, regions: Mapping[str, Sequence[tuple[float, float]]]) -> OverlayState:
+    """The drawable state of a vidaction_ros/Action (any object with its fields: the overlay node's live
+    message, or one read back from the replay's Action bag)."""
+    return OverlayState(
+        action=msg.action, action_code=int(msg.action_code), trigger=msg.trigger, reason=msg.reason,
+        latency_ms=float(msg.capture_to_decide_ms), region=msg.region, failsafe=msg.trigger == WATCHDOG_TRIGGER,
+        regions=regions,
+        boxes=tuple(Box(d.label, float(d.confidence), d.x_min, d.y_min, d.x_max, d.y_max, tuple(d.regions))
+                    for d in msg.detections),
+        scores=tuple(Score(s.name, float(s.score), float(s.enter), float(s.exit), bool(s.active))
+                     for s in getattr(msg, 'scores', ())))
+
+
 def action_colour(code: int, failsafe: bool = False) -> tuple[int, int, int]:
     if failsafe or code in PROTECTIVE_CODES:
         return RED

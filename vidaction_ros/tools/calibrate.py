@@ -131,7 +131,8 @@ def calibrate(trace: Trace, out_dir: str | Path, labels: Labels | None = None,
               rules: Sequence[str] | None = None, criterion: str = 'youden', quantile: float = DEFAULT_QUANTILE,
               margin: float = DEFAULT_MARGIN, hysteresis: float | None = None,
               max_fpr: float | None = DEFAULT_MAX_FPR) -> CalibrationResult:
-    """Suggest thresholds from a trace and write scores.csv, scores.json, calibration.png, suggestion.yaml."""
+    """Suggest thresholds from a trace and write scores.csv, scores.json, calibration.png, suggestion.yaml and
+    report.html (the plot and the suggestion on one page)."""
     spec = trace.spec
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -170,6 +171,9 @@ def calibrate(trace: Trace, out_dir: str | Path, labels: Labels | None = None,
     Path(files['json']).write_text(json.dumps(doc, indent=1) + '\n', encoding='utf-8')
     Path(files['yaml']).write_text(text, encoding='utf-8')
     plot(trace, spec, {s.rule: s for s in suggestions}, Path(files['png']), labels)
+    from .eval_html import calibrate_page
+    files['html'] = str(out / 'report.html')
+    Path(files['html']).write_text(calibrate_page(text, files), encoding='utf-8')
     return CalibrationResult(trace, suggestions, text, files)
 
 

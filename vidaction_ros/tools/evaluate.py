@@ -14,7 +14,8 @@
    timeline shows every rule's). The re-scored decision is checked against the Action received.
 3. Writes DIR/actions/ (rosbag2, MCAP by default): the Action stream, bag time = header stamp, our Action
    type registered from the installed .msg files; DIR/timeline.png; DIR/report.json; DIR/report.md;
-   DIR/pipeline.log.
+   DIR/report.html (open it in a browser: timeline, events, a thumbnail with the overlay for every onset, miss
+   and false alarm in DIR/thumbs/, latency); DIR/pipeline.log.
 
 Metrics (vidaction_ros.tools.eval_metrics, which documents the matching rules): latency percentiles per stage
 from the Actions' fields and, with labels, per evaluated action: event-level precision, recall, F1, lead
@@ -53,8 +54,10 @@ class EvalResult:
 def evaluate(bag: str, out_dir: str | Path, labels: Labels | None = None, actions: Sequence[str] | None = None,
              tol: Tolerances = Tolerances(), opts: RunOptions = RunOptions(), storage: str = 'mcap',
              force: bool = False) -> EvalResult:
-    """Replay `bag`, write the Action bag, timeline.png, report.json and report.md into `out_dir`."""
+    """Replay `bag`, write the Action bag, timeline.png, report.json, report.md and report.html (with thumbs/)
+    into `out_dir`."""
     from rclpy.serialization import serialize_message
+    from .eval_html import eval_page, moments, thumbnails
     from ..paths import resolve_policy_file
     from ..policy import load_policy
 
@@ -82,6 +85,11 @@ def evaluate(bag: str, out_dir: str | Path, labels: Labels | None = None, action
     report['actions_bag_count'] = len(record.actions)
     frames, _ = per_frame(record.actions)
     plot_timeline(Path(files['timeline']), frames, spec, evaluated, labels, rescored, report)
+    # The page a person opens: every onset, miss and false alarm as a thumbnail with the overlay drawn on it.
+    regions = {name: region.polygon for name, region in spec.regions.items()}
+    report['thumbnails'] = thumbnails(bag, frames, moments(report), regions, out)
+    files['report_html'] = str(out / 'report.html')
+    Path(files['report_html']).write_text(eval_page(_clean(report), report['thumbnails']), encoding='utf-8')
     report['files'] = files
     Path(files['report_json']).write_text(json.dumps(_clean(report), indent=1) + '\n', encoding='utf-8')
     Path(files['report_md']).write_text(report_markdown(report, files), encoding='utf-8')
