@@ -553,3 +553,38 @@ def test_credentials_never_shown(url, shown):
     from vidaction_ros.ingest.frame_source import OpenCvSource, redact_url
     assert redact_url(url) == shown
     assert SECRET not in OpenCvSource(url).display_uri
+
+
+# The startup rows again, now as a user meets them: the node executable with that setting, in its own process.
+# One line naming the file or field, exit code 2, no traceback (issue: one-line failures).
+YAML_SYNTAX = 'version: 1\nactions:\n  - name: STOP\n   code: STOP\n'
+STARTUP_COMMANDS = {
+    'policy-file-yaml-syntax': ('policy_node', YAML_SYNTAX, ()),
+    'policy-file-unknown-key': ('policy_node', POLICY_YAML.replace('enter:', 'entr:'), ()),
+    'policy-file-wrong-type': ('policy_node', POLICY_YAML.replace('0.1', 'high'), ()),
+    'policy-file-missing': ('policy_node', None, ()),
+    'model-dir-missing': ('embedder_node', '', ('backend:=clip_onnx', 'model_path:={tmp}/no_model')),
+    'param-bad-choice': ('camera_node', '', ('transport:=udp',)),
+    'param-out-of-range': ('camera_node', '', ('rate_hz:=500.0',)),
+    'param-wrong-type': ('camera_node', '', ('max_width:=640px',)),
+}
+
+
+@pytest.mark.parametrize('row', [r for r in ROWS if r.id in STARTUP_COMMANDS], ids=lambda r: r.id)
+def test_startup_row_from_the_node_executable_is_one_line_and_exit_2(row, tmp_path):
+    import subprocess
+    import sys
+    module, policy_text, params = STARTUP_COMMANDS[row.id]
+    cmd = [sys.executable, '-m', f'vidaction_ros.nodes.{module}', '--ros-args']
+    if module == 'policy_node':            # policy_text None: the file is missing
+        path = tmp_path / ('policy.yaml' if policy_text is not None else 'missing.yaml')
+        if policy_text is not None:
+            path.write_text(policy_text)
+        cmd += ['-p', f'policy_file:={path}']
+    for p in params:
+        cmd += ['-p', p.format(tmp=tmp_path)]
+    result = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300, env=dict(os.environ))
+    out = result.stdout + result.stderr
+    assert result.returncode == 2, out[-3000:]
+    assert 'Traceback' not in out and 'terminate called' not in out, out[-3000:]
+    assert re.search(row.match, out), (row.match, out[-3000:])
