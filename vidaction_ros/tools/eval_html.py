@@ -27,7 +27,8 @@ table { border-collapse: collapse; margin: 0.5em 0 1.5em; }
 td, th { border: 1px solid #bbb; padding: 3px 8px; text-align: left; }
 .moments { display: flex; flex-wrap: wrap; gap: 12px; }
 figure { margin: 0; width: 320px; } figcaption { font-size: 0.85em; }
-.onset { border-top: 4px solid #2a2; } .miss { border-top: 4px solid #a22; } .false_alarm { border-top: 4px solid #e90; }
+.onset { border-top: 4px solid #2a2; } .miss { border-top: 4px solid #a22; }
+.false_alarm { border-top: 4px solid #e90; }
 </style>"""
 
 
