@@ -78,14 +78,10 @@ class PerceptionWatchdog:
         age = self.age(now_s)
         if age <= self.deadline_s:
             return None
-        if not self.stale:
-            self.episodes += 1
-        self.stale = True
-        self.failsafes += 1
-        return WatchdogEvent(self.STALE, age, self._stamp_s, self._sequence,
-                             f'perception stale: newest decision (frame #{self._sequence}) is {age * 1000:.0f} ms '
-                             f'old, deadline {self.deadline_s * 1000:.0f} ms (camera, transport or embedder '
-                             f'stalled or died)')
+        return self._stale(age, self._stamp_s, self._sequence,
+                           f'perception stale: newest decision (frame #{self._sequence}) is {age * 1000:.0f} ms '
+                           f'old, deadline {self.deadline_s * 1000:.0f} ms (camera, transport or embedder '
+                           f'stalled or died)')
 
     def _check_startup(self, now_s: float) -> WatchdogEvent | None:
         if self._started_s is None or self.startup_s <= 0:
@@ -93,10 +89,13 @@ class PerceptionWatchdog:
         waited = now_s - self._started_s
         if waited <= self.startup_s:
             return None
+        return self._stale(waited, self._started_s, -1,
+                           f'perception stale: no decision in the {waited:.1f} s since activation (start-up '
+                           f'allowance {self.startup_s:g} s): camera, transport or embedder never delivered')
+
+    def _stale(self, age: float, stamp_s: float, sequence: int, reason: str) -> WatchdogEvent:
         if not self.stale:
             self.episodes += 1
         self.stale = True
         self.failsafes += 1
-        return WatchdogEvent(self.STALE, waited, self._started_s, -1,
-                             f'perception stale: no decision in the {waited:.1f} s since activation (start-up '
-                             f'allowance {self.startup_s:g} s): camera, transport or embedder never delivered')
+        return WatchdogEvent(self.STALE, age, stamp_s, sequence, reason)
