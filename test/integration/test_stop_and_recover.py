@@ -319,3 +319,53 @@ def test_a_configuration_error_is_one_line_and_exit_code_2(case, tmp_path, video
     assert result.returncode == 2, out[-3000:]
     assert 'Traceback' not in out and 'terminate called' not in out, out[-3000:]
     assert names in out, out[-3000:]
+
+
+# -- the tools stop cleanly too ------------------------------------------------------------------------------
+def tool_process(module: str, args: list[str], log, cwd) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, '-m', module, *args], cwd=cwd, stdout=log, stderr=subprocess.STDOUT,
+                            start_new_session=True, env=dict(os.environ))
+
+
+def interrupt_twice(proc: subprocess.Popen, timeout: float = 60) -> int:
+    """Ctrl-C twice (to the group, as a terminal does), then wait; fails if it had to be killed."""
+    os.killpg(proc.pid, signal.SIGINT)
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGINT)
+    try:
+        return proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        raise AssertionError('did not stop after two SIGINTs')
+
+
+def test_demo_stops_cleanly_on_ctrl_c(tmp_path, video_path, collector):
+    log = tmp_path / 'demo.log'
+    proc = tool_process('vidaction_ros.tools.demo', ['--source', video_path, '--loop', 'true'], open(log, 'w'),
+                        tempfile.gettempdir())
+    try:
+        assert collector.wait_for(lambda m: sum(map(decided, m)) >= 3, MODEL_LOAD_S), log.read_text()[-3000:]
+    finally:
+        code = interrupt_twice(proc)
+    text = log.read_text()
+    assert code == 0, text[-2000:]
+    assert_quiet(text)
+    assert 'stopping (SIGINT)' in text and 'summary' in text, text[-2000:]
+
+
+def test_eval_stops_cleanly_on_ctrl_c_and_leaves_no_pipeline_behind(tmp_path, collector):
+    from bag_helpers import REPLAY_BAG
+    log = tmp_path / 'eval.log'
+    proc = tool_process('vidaction_ros.tools.evaluate', [str(REPLAY_BAG), '--out', str(tmp_path / 'out'), '--quiet'],
+                        open(log, 'w'), tmp_path)
+    try:
+        # Its pipeline child has started deciding (the eval's replay runs on this test's DDS domain).
+        assert collector.wait_for(lambda m: sum(map(decided, m)) >= 3, MODEL_LOAD_S), log.read_text()[-3000:]
+        pipeline = [p for p in children_of(proc.pid)]
+    finally:
+        code = interrupt_twice(proc)
+    text = log.read_text()
+    assert code == 0, text[-2000:]
+    assert 'stopped (SIGINT); no report written' in text and 'Traceback' not in text, text[-2000:]
+    assert pipeline and not any(map(alive, pipeline)), 'the replay pipeline outlived vidaction-eval'
