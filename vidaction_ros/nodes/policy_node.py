@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import time
 
+from rclpy.duration import Duration
 
 from .. import qos
 from ..perception.backends import create_backend
@@ -95,6 +96,9 @@ class PolicyNode(ManagedNode):
             stamp_s, sent_at = self._last_sent
             self._publish_failsafe('policy deactivated: no further decisions until it is activated again',
                                    self._last_sequence, math.nan, stamp_s + self._now_s() - sent_at, planned=True)
+            # At a stop the process ends right after this: give the reliable message its acknowledgements
+            # (bounded), or a subscriber on a loaded machine may never receive it.
+            self.publisher.wait_for_all_acked(Duration(seconds=1.0))
 
     def cleanup(self) -> None:
         self._last_decision = None
