@@ -4,9 +4,11 @@ with the overlay node off, on, and on with the Foxglove server (a client is not 
 only for subscribers, so this is its idle cost), same video, same frames, back to back in one run (each its own
 bench/e2e.py process).
 
-    python bench/overlay.py [--frames 300] [--json PATH]
+    python bench/overlay.py [--frames 300] [--rounds 2] [--json PATH]
 
-Prints p50/p99 camera->Action for both and the on/off ratios. Run from outside the source tree after
+The three runs are repeated `rounds` times, interleaved (off, on, foxglove, off, ...), so a slow moment of the
+machine does not land on one configuration only. Prints every run's p50/p99 camera->Action, the mean per
+configuration and the ratios to off. Run from outside the source tree after
 scripts/env.sh (as bench/e2e.py).
 """
 import argparse
@@ -31,19 +33,29 @@ def run_e2e(frames: int, extra: list[str]) -> dict:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     parser.add_argument('--frames', type=int, default=300)
+    parser.add_argument('--rounds', type=int, default=2)
     parser.add_argument('--json', default='')
     args = parser.parse_args(argv)
-    rows = {'off': run_e2e(args.frames, []), 'on': run_e2e(args.frames, ['--overlay', 'true']),
-            'foxglove': run_e2e(args.frames, ['--foxglove', 'true', '--set', 'overlay.foxglove_port=0'])}
-    print(f"{'overlay':<10}{'actions':>9}{'p50 ms':>10}{'p99 ms':>10}")
+    configs = {'off': [], 'on': ['--overlay', 'true'],
+               'foxglove': ['--foxglove', 'true', '--set', 'overlay.foxglove_port=0']}
+    runs = {name: [] for name in configs}
+    print(f"{'round':<7}{'overlay':<10}{'p50 ms':>10}{'p99 ms':>10}")
+    for round_ in range(args.rounds):
+        for name, extra in configs.items():
+            r = run_e2e(args.frames, extra)
+            runs[name].append(r)
+            print(f"{round_ + 1:<7}{name:<10}{r['p50_ms']:>10.1f}{r['p99_ms']:>10.1f}", flush=True)
+    rows = {name: {k: sum(r[k] for r in rs) / len(rs) for k in ('p50_ms', 'p99_ms')} for name, rs in runs.items()}
+    print(f"mean of {args.rounds} round(s):")
     for name, r in rows.items():
-        print(f"{name:<10}{r['actions']:>9}{r['p50_ms']:>10.1f}{r['p99_ms']:>10.1f}")
+        print(f"       {name:<10}{r['p50_ms']:>10.1f}{r['p99_ms']:>10.1f}")
     ratio = {row: {k: rows[row][k] / rows['off'][k] for k in ('p50_ms', 'p99_ms')} for row in ('on', 'foxglove')}
     for row, r in ratio.items():
         print(f"{row}/off ratio: p50 {r['p50_ms']:.2f}  p99 {r['p99_ms']:.2f}")
     print(f'({os.cpu_count()} CPUs, {args.frames} frames each)')
     if args.json:
-        Path(args.json).write_text(json.dumps({'rows': rows, 'ratio': ratio, 'cpus': os.cpu_count()}, indent=2))
+        Path(args.json).write_text(json.dumps({'runs': runs, 'mean': rows, 'ratio': ratio, 'cpus': os.cpu_count()},
+                                              indent=2))
     return 0
 
 

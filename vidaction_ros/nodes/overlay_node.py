@@ -98,7 +98,7 @@ class OverlayNode(ManagedNode):
     def _on_action(self, msg: Action) -> None:
         if not self.active:
             return
-        if self.view is not None:
+        if self.view is not None and self.view.watched:
             self._stream(msg)
         now = time.monotonic()
         changed = msg.action != self._last_action

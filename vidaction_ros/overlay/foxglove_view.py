@@ -40,19 +40,30 @@ class FoxgloveView:
         self.actions = foxglove.Channel('/action', schema=ACTION_SCHEMA, context=self.context)
         self.scores = foxglove.Channel('/scores', schema=SCORES_SCHEMA, context=self.context)
 
+    @property
+    def watched(self) -> bool:
+        """A client subscribes to something: with nobody watching, nothing is built or logged."""
+        return self.overlay.has_sinks() or self.actions.has_sinks() or self.scores.has_sinks()
+
     def picture(self, stamp_ns: int, jpeg: bytes, frame_id: str = '') -> None:
+        if not self.overlay.has_sinks():
+            return
         from foxglove.messages import CompressedImage, Timestamp
         sec, nsec = divmod(int(stamp_ns), 1_000_000_000)
         self.overlay.log(CompressedImage(timestamp=Timestamp(sec, nsec), frame_id=frame_id, data=jpeg,
                                          format='jpeg'), log_time=int(stamp_ns))
 
     def action(self, stamp_ns: int, record: dict) -> None:
+        if not self.actions.has_sinks():
+            return
         clean = {k: (_json_number(v) if isinstance(v, float) else v) for k, v in record.items()}
         self.actions.log({'stamp_ns': int(stamp_ns), **clean}, log_time=int(stamp_ns))
 
     def rule_scores(self, stamp_ns: int, scores: dict[str, tuple[float, float]]) -> None:
         """scores: {rule: (score, enter)} -> {rule: score, rule_enter: enter}: one line per rule and its
         threshold in the Plot panel."""
+        if not self.scores.has_sinks():
+            return
         record = {}
         for name, (score, enter) in scores.items():
             record[name] = _json_number(score)
