@@ -95,7 +95,11 @@ def test_pipeline_overrides_composed_lockstep_and_set():
     assert overrides['camera']['transport'] == 'inproc'
     assert overrides['camera']['lockstep'] is True and overrides['camera']['stamp_source'] == 'media'
     assert overrides['camera']['rate_hz'] == 12.0
-    assert overrides['memory'] == {'stamps_are_wall_clock': False, 'capacity': 600, 'autostart': False}
+    assert overrides['memory'] == {'stamps_are_wall_clock': False, 'capacity': 600, 'autostart': False,
+                                   'intra_process': True}        # composed: embedding and context by reference
+    assert overrides['embedder']['intra_process'] and overrides['policy']['intra_process']
+    processes = pipeline.collect_overrides(args, composed=False)
+    assert not any(o.get('intra_process') for o in processes.values())
     assert all(o['autostart'] is False for o in overrides.values())   # brought up in order, from outside
     with pytest.raises(ValueError, match='NODE.PARAM=VALUE'):
         pipeline.parse_set(['nonode.x=1'])

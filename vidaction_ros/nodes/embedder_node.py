@@ -9,6 +9,7 @@ import time
 
 
 from .. import qos
+from ..transport import intra_process
 from ..perception.backends import CHOICES, DETECTOR_CHOICES, create_backend
 from ..conversions import ms_between, to_time
 from ..diagnostics import DiagnosticsPublisher, RateMeter, health
@@ -19,7 +20,7 @@ from ..params import Param
 from ..paths import resolve_policy_file
 from ..stats import LatencyWindow
 from ..transport.frame_transport import DISPATCH, FrameSubscription, borrow, host_array, resolve
-from .lifecycle import ManagedNode
+from .lifecycle import INTRA_PROCESS, ManagedNode
 from .runtime import main_for
 
 # Shared with the policy node, whose text side must be the same model.
@@ -41,6 +42,7 @@ BACKEND_PARAMS = [
 ]
 
 PARAMS = BACKEND_PARAMS + [
+    INTRA_PROCESS,
     Param('policy_file', '', 'policy YAML whose regions of interest are embedded besides the full frame ("" = package default)'),
     Param('max_batch', 4, 'tensorrt: engine batch profile; needs 1 + the number of policy regions', 1, 64),
     Param('engine_cache_dir', '', 'tensorrt: where built engines are cached ("" = ~/.cache/vidaction_ros/tensorrt)'),
@@ -96,7 +98,8 @@ class EmbedderNode(ManagedNode):
                                f'ready in {time.monotonic() - started:.1f} s; regions: '
                                f'{[r.name for r in self.regions]}')
         self._last_sequence = None
-        self.publisher = self.own(self.create_publisher(Embedding, 'embedding', qos.EMBEDDING))
+        self.publisher = self.own(intra_process.publisher(self, Embedding, 'embedding', qos.EMBEDDING,
+                                                          self.p['intra_process']))
         # Frames from a camera in this process are handed over directly, from a camera in another process by
         # its shared-memory ring's doorbell, else by the FrameRef on DDS (whichever comes first, once each).
         # Default 'thread' dispatch: the callback runs on the subscription's own thread as soon as the frame is

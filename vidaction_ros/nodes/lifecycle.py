@@ -24,6 +24,11 @@ from rclpy.lifecycle import LifecycleNode, TransitionCallbackReturn
 from ..graph import BRINGUP_ORDER
 from ..params import Param, declare
 
+# Composed mode sets it true on embedder, memory and policy: `embedding` and `memory/context` pass between them
+# by reference (transport/intra_process.py); the DDS copy goes out only for subscribers outside.
+INTRA_PROCESS = Param('intra_process', False, 'composed mode: take embedding / memory/context from the other '
+                      'nodes of this process by reference, and publish the DDS copy only for outside subscribers')
+
 AUTOSTART = Param('autostart', True, 'configure and activate this node by itself at startup (launch files set '
                   'false and bring the graph up in order with lifecycle_manager)')
 
@@ -71,6 +76,8 @@ class ManagedNode(LifecycleNode):
                 self.destroy_publisher(entity)
             elif isinstance(entity, Service):
                 self.destroy_service(entity)
+            elif hasattr(entity, 'destroy'):      # intra-process publisher / subscription
+                entity.destroy()
         self._owned.clear()
 
     def _release(self) -> None:

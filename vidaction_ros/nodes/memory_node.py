@@ -18,6 +18,7 @@ import time
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 
 from .. import qos
+from ..transport import intra_process
 from ..conversions import to_seconds, to_time, vector_from_msg
 from ..diagnostics import DiagnosticsPublisher, RateMeter, health
 from ..memory import STORAGE_CHOICES, MemoryInputError, TemporalMemory
@@ -25,10 +26,11 @@ from ..memory import TieredMemory
 from ..msg import Embedding, MemoryContext, MemoryHit
 from ..params import Param, ParameterError
 from ..srv import QueryMemory
-from .lifecycle import ManagedNode
+from .lifecycle import INTRA_PROCESS, ManagedNode
 from .runtime import main_for
 
 PARAMS = [
+    INTRA_PROCESS,
     Param('capacity', 300, 'frames kept in the window', 2, 10_000_000),
     Param('ttl_s', 30.0, 'frames older than this (message time) are evicted', 0.1, 1e7),
     Param('lookback_s', 2.0, 'the context compares each frame with the scene this long ago', 0.05, 3600.0),
@@ -74,8 +76,10 @@ class MemoryNode(ManagedNode):
 
     def configure(self) -> None:
         p = self.p
-        self.publisher = self.own(self.create_publisher(MemoryContext, 'memory/context', qos.EMBEDDING))
-        self.own(self.create_subscription(Embedding, 'embedding', self._on_embedding, qos.EMBEDDING))
+        inproc = self.p['intra_process']
+        self.publisher = self.own(intra_process.publisher(self, MemoryContext, 'memory/context', qos.EMBEDDING,
+                                                          inproc))
+        self.own(intra_process.subscription(self, Embedding, 'embedding', self._on_embedding, qos.EMBEDDING, inproc))
         self.own(self.create_service(QueryMemory, 'memory/query', self._on_query,
                                      callback_group=MutuallyExclusiveCallbackGroup()))
         tier = (f"long tier {p['long_capacity']} keyframes / {p['long_ttl_s']} s" if p['long_capacity']

@@ -58,6 +58,8 @@ def parse_set(items: list[str], names=tuple(n.name for n in graph.NODES)) -> dic
     return out
 
 
+INTRA_PROCESS_NODES = ('embedder', 'memory', 'policy')
+
 # Launch arguments that name a file: a relative one is resolved against the caller's folder here, because
 # the processes mode runs its nodes in another folder.
 PATH_ARGS = ('source', 'policy_file', 'model_path')
@@ -75,6 +77,8 @@ def collect_overrides(args, composed: bool) -> dict[str, dict[str, object]]:
     overrides = {spec.name: graph.overrides_for(spec.name, values) for spec in graph.NODES}
     if composed:
         overrides['camera']['transport'] = 'inproc'
+        for node in INTRA_PROCESS_NODES:     # embedding and memory/context by reference, DDS only for observers
+            overrides[node]['intra_process'] = True
     for node in overrides.values():
         # Brought up from outside, downstream first: by run_nodes (composed) or lifecycle_manager (processes).
         node['autostart'] = False

@@ -12,6 +12,7 @@ import time
 from rclpy.duration import Duration
 
 from .. import qos
+from ..transport import intra_process
 from ..perception.backends import create_backend
 from ..conversions import ms_between, to_seconds, to_time, vector_from_msg
 from ..diagnostics import DiagnosticsPublisher, RateMeter, health
@@ -23,12 +24,13 @@ from ..policy.spec import thresholds
 from ..stats import LatencyWindow
 from ..policy.watchdog import PerceptionWatchdog
 from .embedder_node import BACKEND_PARAMS, backend_params
-from .lifecycle import ManagedNode
+from .lifecycle import INTRA_PROCESS, ManagedNode
 from .runtime import main_for
 
 FAILSAFE_CODES = ('FAILSAFE', 'HOVER', 'STOP', 'EMERGENCY_BRAKE', 'SLOW_DOWN')
 
 PARAMS = BACKEND_PARAMS + [
+    INTRA_PROCESS,
     Param('policy_file', '', 'policy YAML: actions, prompts, thresholds, regions ("" = the package default)'),
     Param('log_decisions', 'all', 'log every decision (all), only changes (changes), or none',
           choices=('all', 'changes', 'none'), read_only=False),
@@ -74,7 +76,8 @@ class PolicyNode(ManagedNode):
         self.backend.activate()
         self.engine = PolicyEngine(self.spec, self.backend.embed_texts, logger=self.get_logger())
         self.publisher = self.own(self.create_publisher(Action, 'action', qos.ACTION))
-        self.own(self.create_subscription(MemoryContext, 'memory/context', self._on_context, qos.EMBEDDING))
+        self.own(intra_process.subscription(self, MemoryContext, 'memory/context', self._on_context, qos.EMBEDDING,
+                                            self.p['intra_process']))
         self.own(self.create_subscription(SceneUnchanged, 'camera/unchanged', self._on_unchanged, qos.EMBEDDING))
         self.get_logger().info(f"policy {self.policy_file} loaded: actions "
                                f"{[r.name for r in self.spec.actions]}")

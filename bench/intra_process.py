@@ -1,0 +1,56 @@
+#!/usr/bin/env python3
+"""Intra-process delivery of `embedding` and `memory/context` in the composed pipeline, against the same
+pipeline passing them over DDS (serialised, through the middleware), back to back in one run, rounds
+interleaved: camera -> Action and embed end -> Action (the two hops it changes).
+
+    python bench/intra_process.py [--frames 300] [--rounds 2] [--json PATH]
+
+Run from outside the source tree after scripts/env.sh (as bench/e2e.py).
+"""
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))   # PYTHONSAFEPATH=1 leaves this folder off sys.path
+from overlay import run_e2e  # noqa: E402
+
+OFF = ['--set', 'embedder.intra_process=false', '--set', 'memory.intra_process=false',
+       '--set', 'policy.intra_process=false']
+KEYS = ('p50_ms', 'p99_ms', 'hops_p50_ms', 'hops_p99_ms')
+
+
+def summary(r: dict) -> dict:
+    hops = r['stages']['embed_to_decide']
+    return {'p50_ms': r['p50_ms'], 'p99_ms': r['p99_ms'], 'hops_p50_ms': hops['p50_ms'],
+            'hops_p99_ms': hops['p99_ms']}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    parser.add_argument('--frames', type=int, default=300)
+    parser.add_argument('--rounds', type=int, default=2)
+    parser.add_argument('--json', default='')
+    args = parser.parse_args(argv)
+    configs = {'dds': OFF, 'intra': []}
+    runs = {name: [] for name in configs}
+    print(f"{'round':<7}{'hand-over':<11}{'cam->Action p50':>16}{'p99':>8}{'embed->Action p50':>19}{'p99':>8}")
+    for round_ in range(args.rounds):
+        for name, extra in configs.items():
+            r = summary(run_e2e(args.frames, extra))
+            runs[name].append(r)
+            print(f"{round_ + 1:<7}{name:<11}{r['p50_ms']:>16.1f}{r['p99_ms']:>8.1f}{r['hops_p50_ms']:>19.2f}"
+                  f"{r['hops_p99_ms']:>8.2f}", flush=True)
+    mean = {name: {k: sum(r[k] for r in rs) / len(rs) for k in KEYS} for name, rs in runs.items()}
+    ratio = {k: mean['intra'][k] / mean['dds'][k] for k in KEYS}
+    print(f"mean of {args.rounds} round(s): intra/dds camera->Action p50 {ratio['p50_ms']:.2f} p99 "
+          f"{ratio['p99_ms']:.2f}; embed->Action p50 {ratio['hops_p50_ms']:.2f} p99 {ratio['hops_p99_ms']:.2f} "
+          f"({os.cpu_count()} CPUs)")
+    if args.json:
+        Path(args.json).write_text(json.dumps({'runs': runs, 'mean': mean, 'ratio': ratio}, indent=2))
+    return 0
+
+
+if __name__ == '__main__':
+    raise SystemExit(main())
