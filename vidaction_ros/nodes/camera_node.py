@@ -18,6 +18,7 @@ from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from sensor_msgs.msg import CompressedImage, Image
 
 from .. import qos
+from ..transport import intra_process
 from ..ingest.bags import BagFrameSource, is_bag_path
 from ..ingest.compressed import message_to_bgr
 from ..conversions import to_time
@@ -321,10 +322,14 @@ class CameraNode(ManagedNode):
     # -- lockstep ----------------------------------------------------------------------------------------
     def _downstream_ready(self) -> bool:
         return (self.sender.publisher.get_subscription_count() > 0
-                and self.count_subscribers('embedding') > 0
-                and self.count_subscribers('memory/context') > 0
+                and self._listeners('embedding') > 0
+                and self._listeners('memory/context') > 0
                 and self.count_publishers('action') > 0
                 and self.count_subscribers('action') >= self.p['lockstep_action_subscribers'])
+
+    def _listeners(self, topic: str) -> int:
+        # Composed mode hands embedding and memory/context over by reference: count those subscribers too.
+        return self.count_subscribers(topic) + intra_process.subscriber_count(self, topic)
 
     def _next_lockstep(self) -> None:
         image, index, media = (None, 0, None) if self._limit_reached() else self.source.read()

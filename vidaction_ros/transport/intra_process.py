@@ -27,6 +27,13 @@ def _topic_name(node, topic: str) -> str:
     return node.resolve_topic_name(topic)
 
 
+def subscriber_count(node, topic: str) -> int:
+    """Subscriptions of `topic` in this process that receive by reference: they are not DDS subscriptions, so
+    `node.count_subscribers` does not see them (the lock-step camera asks both before it starts)."""
+    with _lock:
+        return len(_subscriptions.get(_topic_name(node, topic), ()))
+
+
 class IntraProcessSubscription:
     def __init__(self, node, topic: str, callback, depth: int):
         self.node = node
