@@ -303,7 +303,7 @@ def node_cmd(module: str, *params: str) -> list[str]:
 
 
 @pytest.mark.parametrize('case', ['pipeline-composed', 'pipeline-processes', 'policy-node', 'camera-node',
-                                  'eval-labels', 'calibrate-source', 'bag-play'])
+                                  'demo', 'eval-labels', 'calibrate-source', 'bag-play'])
 def test_a_configuration_error_is_one_line_and_exit_code_2(case, tmp_path, video_path):
     (tmp_path / 'policy.yaml').write_text(BAD_POLICY)      # relative: run from tmp_path, not the repo
     pipeline = [sys.executable, '-m', 'vidaction_ros.nodes.pipeline']
@@ -314,6 +314,8 @@ def test_a_configuration_error_is_one_line_and_exit_code_2(case, tmp_path, video
                                            'policy.yaml'], 'priority'),
         'policy-node': (node_cmd('policy_node', 'policy_file:=policy.yaml'), 'priority'),
         'camera-node': (node_cmd('camera_node', 'transport:=udp'), 'transport'),
+        'demo': ([sys.executable, '-m', 'vidaction_ros.tools.demo', '--source', video_path, '--policy_file',
+                  'policy.yaml'], 'priority'),
         'eval-labels': ([sys.executable, '-m', 'vidaction_ros.tools.evaluate', 'no_bag'], 'no_bag'),
         'calibrate-source': ([sys.executable, '-m', 'vidaction_ros.tools.calibrate', 'missing.avi', '--policy-file',
                               'policy.yaml'], 'priority'),

@@ -140,7 +140,7 @@ def test_report_files(evaluation):
     assert png[:8] == b'\x89PNG\r\n\x1a\n' and len(png) > 20_000
     md = (out / 'report.md').read_text()
     assert 'Latency per stage' in md and 'lead time' in md and '50.4–73.3 s' in md
-    assert set(report['files']) == {'actions_bag', 'report_json', 'report_md', 'timeline', 'pipeline_log'}
+    assert set(report['files']) == {'actions_bag', 'report_json', 'report_md', 'report_html', 'timeline', 'pipeline_log'}
     assert report['bag_start_s'] == 46.0 and report['bag_end_s'] == pytest.approx(61.8)
     # The Action bag carries our type with rosidl's type hash (read from the installed interface description).
     meta = (out / 'actions' / 'metadata.yaml').read_text()
