@@ -24,7 +24,8 @@ class ActionCollector:
         self.messages = []
         self.changed = threading.Condition()
         self.node = Node('test_action_collector', context=context)
-        self.node.create_subscription(Action, topic, self._on_action, qos.ACTION)
+        # Deep reader history: a test on a loaded machine must not lose an Action to its own lag.
+        self.node.create_subscription(Action, topic, self._on_action, qos.ACTION_REPLAY)
         self.executor = SingleThreadedExecutor(context=context)
         self.executor.add_node(self.node)
         self.thread = threading.Thread(target=self.executor.spin, daemon=True)

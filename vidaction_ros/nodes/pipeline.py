@@ -27,8 +27,9 @@ LOCKSTEP_OVERRIDES = {
     'camera': {'lockstep': True, 'stamp_source': 'media', 'realtime': False},
     'embedder': {'lockstep': True},
     'memory': {'stamps_are_wall_clock': False},
-    # A deterministic replay must not depend on wall-clock hiccups: the watchdog guards live runs.
-    'policy': {'watchdog_deadline_s': 0.0},
+    # A deterministic replay must not depend on wall-clock hiccups: the watchdog guards live runs. And every
+    # subscriber (the eval recorder, a test) must get every Action, however loaded the machine.
+    'policy': {'watchdog_deadline_s': 0.0, 'replay_history': True},
 }
 
 

@@ -44,6 +44,8 @@ PARAMS = BACKEND_PARAMS + [
     Param('failsafe_action', 'FAILSAFE', 'Action.action name of the failsafe (e.g. HOVER for drones)'),
     Param('failsafe_code', 'FAILSAFE', 'Action code of the failsafe', choices=FAILSAFE_CODES),
     Param('failsafe_priority', 255, 'priority of the failsafe Action', 0, 255),
+    Param('replay_history', False, 'keep up to 1000 unacknowledged Actions for slow subscribers instead of 10 '
+          '(lock-step replay sets it: a recorder must get every Action)'),
 ]
 
 
@@ -75,7 +77,8 @@ class PolicyNode(ManagedNode):
                                       **backend_params(self.p, self.get_logger()))
         self.backend.activate()
         self.engine = PolicyEngine(self.spec, self.backend.embed_texts, logger=self.get_logger())
-        self.publisher = self.own(self.create_publisher(Action, 'action', qos.ACTION))
+        self.publisher = self.own(self.create_publisher(
+            Action, 'action', qos.ACTION_REPLAY if self.p['replay_history'] else qos.ACTION))
         self.own(intra_process.subscription(self, MemoryContext, 'memory/context', self._on_context, qos.EMBEDDING,
                                             self.p['intra_process']))
         self.own(self.create_subscription(SceneUnchanged, 'camera/unchanged', self._on_unchanged, qos.EMBEDDING))
