@@ -134,7 +134,7 @@ def run(args) -> int:
     """Bring the graph up and supervise it until a stop (see process_stop). Both run on a side thread so the
     main thread is always free to take a signal: a stop during a long configure does not wait for it."""
     from .process_stop import StartupInterrupted
-    from .runtime import STARTUP_ERRORS, init_ros
+    from .runtime import STARTUP_ERRORS, init_ros, release
     stop = init_ros(args)
     log = rclpy.logging.get_logger('lifecycle_manager')
     node = None
@@ -162,10 +162,7 @@ def run(args) -> int:
         log.info(f'stopping ({stop.reason})')
         return 0
     finally:
-        stop.started()
-        if node is not None:
-            node.destroy_node()
-        rclpy.try_shutdown()
+        release(stop, [], [node] if node is not None else [])
 
 
 if __name__ == '__main__':

@@ -67,10 +67,16 @@ def run_nodes(factories, args=None, bring_up_here: bool = False) -> int:
         rclpy.logging.get_logger(name).info(f'stopping ({stop.reason})')
         return 0
     finally:
-        stop.started()        # a signal during the release only sets the event
-        stop_executors(executors)
-        close_nodes(nodes)
-        rclpy.try_shutdown()
+        release(stop, executors, nodes)
+
+
+def release(stop: ProcessStop, executors, nodes) -> None:
+    """The ordered end of every vidaction process: from here a signal only sets the event; out of spin, then
+    each node deactivated, released and destroyed on a live context, then ROS shut down."""
+    stop.started()
+    stop_executors(executors)
+    close_nodes(nodes)
+    rclpy.try_shutdown()
 
 
 def close_nodes(nodes) -> None:

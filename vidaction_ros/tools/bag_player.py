@@ -215,7 +215,7 @@ def run(bag: str, ros_args: list[str] | None = None, **options) -> int:
     import rclpy
 
     from ..nodes.process_stop import StartupInterrupted
-    from ..nodes.runtime import init_ros, spin_each_node, stop_executors
+    from ..nodes.runtime import init_ros, release, spin_each_node
     stop = init_ros(ros_args, stop_with_parent=False)
     node, executors = None, []
     try:
@@ -232,8 +232,4 @@ def run(bag: str, ros_args: list[str] | None = None, **options) -> int:
         node.play(stop.requested)
         return 0
     finally:
-        stop.started()
-        stop_executors(executors)
-        if node is not None:
-            node.destroy_node()
-        rclpy.try_shutdown()
+        release(stop, executors, [node] if node is not None else [])

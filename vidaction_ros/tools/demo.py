@@ -99,7 +99,7 @@ def run(args, printer: ActionPrinter, timeout: float) -> tuple[dict, dict, str]:
     import rclpy
     from ..nodes.lifecycle import bring_up
     from ..nodes.process_stop import StartupInterrupted
-    from ..nodes.runtime import close_nodes, init_ros, spin_each_node, stop_executors
+    from ..nodes.runtime import init_ros, release, spin_each_node
     stop = init_ros(pipeline.ros_args_for(args), stop_with_parent=False)
     nodes, executors = [], []
     counts = ({}, {})
@@ -121,12 +121,9 @@ def run(args, printer: ActionPrinter, timeout: float) -> tuple[dict, dict, str]:
     except StartupInterrupted:
         pass
     finally:
-        stop.started()
         if stop.requested.is_set():
             rclpy.logging.get_logger('vidaction_demo').info(f'stopping ({stop.reason})')
-        stop_executors(executors)
-        close_nodes(nodes)
-        rclpy.try_shutdown()
+        release(stop, executors, nodes)
     return dict(counts[0]), dict(counts[1]), stop.reason if stop.requested.is_set() else ''
 
 

@@ -9,9 +9,11 @@ headless browser can check it.
 from __future__ import annotations
 
 import html
-import math
 from pathlib import Path
 from typing import Sequence
+
+from .eval_report import _fmt
+from .replay import _stamp_ns, _stamp_s
 
 THUMB_WIDTH = 320
 LOADED_SCRIPT = """<script>
@@ -30,14 +32,6 @@ figure { margin: 0; width: 320px; } figcaption { font-size: 0.85em; }
 .onset { border-top: 4px solid #2a2; } .miss { border-top: 4px solid #a22; }
 .false_alarm { border-top: 4px solid #e90; }
 </style>"""
-
-
-def _stamp_s(msg) -> float:
-    return msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9
-
-
-def _stamp_ns(msg) -> int:
-    return msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
 
 
 def moments(report: dict) -> list[dict]:
@@ -87,12 +81,6 @@ def thumbnails(bag: str, frames: Sequence, wanted: list[dict], regions: dict, ou
         out.append({**moment, 'file': name, 'sequence': int(action.frame_sequence), 'decided': action.action,
                     'frame_time_s': _stamp_s(action), 'reason': action.reason})
     return out
-
-
-def _fmt(x, nd: int = 3, unit: str = '') -> str:
-    if x is None or (isinstance(x, float) and not math.isfinite(x)):
-        return 'n/a'
-    return f'{x:.{nd}f}{unit}' if isinstance(x, float) else f'{x}{unit}'
 
 
 def _table(header: Sequence[str], rows: Sequence[Sequence[str]], row_attr: str = '') -> str:
