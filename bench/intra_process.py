@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))   # PYTHONSAFEPATH=1 leaves this folder off sys.path
-from overlay import run_e2e  # noqa: E402
+from e2e_rounds import interleaved  # noqa: E402
 
 OFF = ['--set', 'embedder.intra_process=false', '--set', 'memory.intra_process=false',
        '--set', 'policy.intra_process=false']
@@ -27,6 +27,11 @@ def summary(r: dict) -> dict:
             'hops_p99_ms': hops['p99_ms']}
 
 
+def show(round_: int, name: str, r: dict) -> None:
+    print(f"{round_:<7}{name:<11}{r['p50_ms']:>16.1f}{r['p99_ms']:>8.1f}{r['hops_p50_ms']:>19.2f}"
+          f"{r['hops_p99_ms']:>8.2f}", flush=True)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     parser.add_argument('--frames', type=int, default=300)
@@ -34,15 +39,8 @@ def main(argv=None) -> int:
     parser.add_argument('--json', default='')
     args = parser.parse_args(argv)
     configs = {'dds': OFF, 'intra': []}
-    runs = {name: [] for name in configs}
     print(f"{'round':<7}{'hand-over':<11}{'cam->Action p50':>16}{'p99':>8}{'embed->Action p50':>19}{'p99':>8}")
-    for round_ in range(args.rounds):
-        for name, extra in configs.items():
-            r = summary(run_e2e(args.frames, extra))
-            runs[name].append(r)
-            print(f"{round_ + 1:<7}{name:<11}{r['p50_ms']:>16.1f}{r['p99_ms']:>8.1f}{r['hops_p50_ms']:>19.2f}"
-                  f"{r['hops_p99_ms']:>8.2f}", flush=True)
-    mean = {name: {k: sum(r[k] for r in rs) / len(rs) for k in KEYS} for name, rs in runs.items()}
+    runs, mean = interleaved(configs, args.frames, args.rounds, summary, KEYS, show)
     ratio = {k: mean['intra'][k] / mean['dds'][k] for k in KEYS}
     print(f"mean of {args.rounds} round(s): intra/dds camera->Action p50 {ratio['p50_ms']:.2f} p99 "
           f"{ratio['p99_ms']:.2f}; embed->Action p50 {ratio['hops_p50_ms']:.2f} p99 {ratio['hops_p99_ms']:.2f} "

@@ -14,20 +14,13 @@ scripts/env.sh (as bench/e2e.py).
 import argparse
 import json
 import os
-import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
-E2E = Path(__file__).with_name('e2e.py')
+sys.path.insert(0, str(Path(__file__).resolve().parent))   # PYTHONSAFEPATH=1 leaves this folder off sys.path
+from e2e_rounds import interleaved  # noqa: E402
 
-
-def run_e2e(frames: int, extra: list[str]) -> dict:
-    with tempfile.TemporaryDirectory() as tmp:
-        out = Path(tmp, 'e2e.json')
-        subprocess.run([sys.executable, str(E2E), '--frames', str(frames), '--json', str(out), *extra],
-                       check=True, stdout=subprocess.DEVNULL, env=dict(os.environ))
-        return json.loads(out.read_text())
+KEYS = ('p50_ms', 'p99_ms')
 
 
 def main(argv=None) -> int:
@@ -38,18 +31,14 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     configs = {'off': [], 'on': ['--overlay', 'true'],
                'foxglove': ['--foxglove', 'true', '--set', 'overlay.foxglove_port=0']}
-    runs = {name: [] for name in configs}
     print(f"{'round':<7}{'overlay':<10}{'p50 ms':>10}{'p99 ms':>10}")
-    for round_ in range(args.rounds):
-        for name, extra in configs.items():
-            r = run_e2e(args.frames, extra)
-            runs[name].append(r)
-            print(f"{round_ + 1:<7}{name:<10}{r['p50_ms']:>10.1f}{r['p99_ms']:>10.1f}", flush=True)
-    rows = {name: {k: sum(r[k] for r in rs) / len(rs) for k in ('p50_ms', 'p99_ms')} for name, rs in runs.items()}
+    runs, rows = interleaved(configs, args.frames, args.rounds, summarise=lambda r: r, keys=KEYS,
+                             show=lambda n, name, r: print(f"{n:<7}{name:<10}{r['p50_ms']:>10.1f}"
+                                                           f"{r['p99_ms']:>10.1f}", flush=True))
     print(f"mean of {args.rounds} round(s):")
     for name, r in rows.items():
         print(f"       {name:<10}{r['p50_ms']:>10.1f}{r['p99_ms']:>10.1f}")
-    ratio = {row: {k: rows[row][k] / rows['off'][k] for k in ('p50_ms', 'p99_ms')} for row in ('on', 'foxglove')}
+    ratio = {row: {k: rows[row][k] / rows['off'][k] for k in KEYS} for row in ('on', 'foxglove')}
     for row, r in ratio.items():
         print(f"{row}/off ratio: p50 {r['p50_ms']:.2f}  p99 {r['p99_ms']:.2f}")
     print(f'({os.cpu_count()} CPUs, {args.frames} frames each)')

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -137,3 +138,33 @@ def wait_until(predicate, timeout: float, message, interval: float = 0.01) -> No
         if time.monotonic() >= deadline:
             raise AssertionError(message() if callable(message) else message)
         time.sleep(interval)
+
+
+def free_port() -> int:
+    """A TCP port on loopback nobody listens on now (a server the test starts, or a camera nobody serves)."""
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return s.getsockname()[1]
+
+
+def children_of(pid: int) -> list[int]:
+    out = subprocess.run(['ps', '-o', 'pid=', '--ppid', str(pid)], capture_output=True, text=True).stdout
+    return [int(p) for p in out.split()]
+
+
+def child_running(pid: int, module: str) -> int:
+    """The child of `pid` running `python -m ...<module>` (e.g. 'embedder_node' of a processes-mode pipeline)."""
+    for child in children_of(pid):
+        with open(f'/proc/{child}/cmdline') as f:
+            if module in f.read():
+                return child
+    raise AssertionError(f'no child of {pid} runs {module}')
+
+
+def alive(pid: int) -> bool:
+    """Running, not a zombie waiting to be reaped."""
+    try:
+        with open(f'/proc/{pid}/stat') as f:
+            return f.read().split(') ')[-1][0] != 'Z'
+    except FileNotFoundError:
+        return False

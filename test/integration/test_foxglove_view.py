@@ -7,24 +7,17 @@ import asyncio
 import json
 import os
 import signal
-import socket
 import struct
 
 import pytest
 
-from ros_helpers import start_pipeline
+from ros_helpers import free_port, start_pipeline
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 SUBPROTOCOLS = ['foxglove.sdk.v1', 'foxglove.websocket.v1']   # what Foxglove's app offers
 MESSAGE_DATA = 0x01
 MODEL_LOAD_S = 240
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        return s.getsockname()[1]
 
 
 async def watch(url: str, want: dict[str, int], timeout: float) -> tuple[dict, dict]:

@@ -11,8 +11,7 @@ import rclpy
 from sensor_msgs.msg import CompressedImage
 
 from bag_helpers import TopicCollector
-from ros_helpers import start_pipeline
-from test_stop_and_recover import children_of
+from ros_helpers import child_running, start_pipeline
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -89,7 +88,7 @@ def test_overlay_shows_a_red_failsafe_banner_when_the_embedder_dies(tmp_path, vi
     try:
         assert topics.wait_for(lambda c: len(c.messages('overlay/compressed')) >= 2, MODEL_LOAD_S), \
             log.read_text()[-3000:]
-        embedder = next(p for p in children_of(proc.pid) if 'embedder_node' in open(f'/proc/{p}/cmdline').read())
+        embedder = child_running(proc.pid, 'embedder_node')
         os.kill(embedder, signal.SIGKILL)
         seen = len(topics.messages('overlay/compressed'))
 

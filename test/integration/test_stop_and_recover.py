@@ -15,7 +15,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -24,7 +23,8 @@ import time
 import pytest
 import rclpy
 
-from ros_helpers import ActionCollector, start_node, start_pipeline
+from ros_helpers import (ActionCollector, alive, child_running, children_of, free_port, start_node, start_pipeline,
+                         wait_until)
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -147,35 +147,20 @@ def test_composed_pipeline_stops_cleanly(sig, tmp_path, video_path, collector):
 
 
 # -- no orphans ----------------------------------------------------------------------------------------------
-def children_of(pid: int) -> list[int]:
-    out = subprocess.run(['ps', '-o', 'pid=', '--ppid', str(pid)], capture_output=True, text=True).stdout
-    return [int(p) for p in out.split()]
-
-
-def alive(pid: int) -> bool:
-    try:
-        with open(f'/proc/{pid}/stat') as f:
-            return f.read().split(') ')[-1][0] != 'Z'
-    except FileNotFoundError:
-        return False
-
-
 def test_killing_the_launcher_stops_every_node(tmp_path, video_path, collector):
     log = tmp_path / 'pipeline.log'
     proc = start_pipeline('--mode', 'processes', '--source', video_path, '--loop', 'true', log_path=str(log))
+    nodes = []
     try:
         assert collector.wait_for(lambda m: sum(map(decided, m)) >= 3, MODEL_LOAD_S), log.read_text()[-3000:]
         nodes = children_of(proc.pid)
         assert len(nodes) == 5, nodes          # four nodes and the lifecycle manager
         os.kill(proc.pid, signal.SIGKILL)      # the launcher only: its children are in their own groups
         proc.wait()
-        deadline = time.monotonic() + 30
-        while any(map(alive, nodes)) and time.monotonic() < deadline:
-            collector.wait_for(lambda m: False, 0.2)    # a bounded wait on the collector's condition
-        left = [p for p in nodes if alive(p)]
-        assert not left, f'nodes still running after their launcher died: {left}\n{log.read_text()[-2000:]}'
+        wait_until(lambda: not any(map(alive, nodes)), 30, lambda: f'nodes still running after their launcher '
+                   f'died: {[p for p in nodes if alive(p)]}\n{log.read_text()[-2000:]}', interval=0.1)
     finally:
-        for pid in children_of(proc.pid) if proc.poll() is None else []:
+        for pid in filter(alive, nodes):       # whatever outlived a failed test
             os.kill(pid, signal.SIGKILL)
 
 
@@ -187,8 +172,7 @@ def test_killed_embedder_is_restarted_and_decisions_resume(tmp_path, video_path,
                           '--set', 'policy.watchdog_deadline_s=0.5', log_path=str(log))
     try:
         assert collector.wait_for(lambda m: sum(map(decided, m)) >= 5, MODEL_LOAD_S), log.read_text()[-3000:]
-        embedder = next(p for p in children_of(proc.pid)
-                        if 'embedder_node' in open(f'/proc/{p}/cmdline').read())
+        embedder = child_running(proc.pid, 'embedder_node')
         os.kill(embedder, signal.SIGKILL)
         killed_at = len(collector.messages)
         t_kill = time.monotonic()
@@ -211,12 +195,6 @@ def test_killed_embedder_is_restarted_and_decisions_resume(tmp_path, video_path,
         code = proc.wait(60)
     assert code == 0, log.read_text()[-2000:]
     assert vidaction_shm() <= before, f'shared memory left behind: {sorted(vidaction_shm() - before)}'
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        return s.getsockname()[1]
 
 
 def serve_stream(video: str, url: str, log) -> subprocess.Popen:

@@ -1,6 +1,7 @@
 """The process stop (nodes/process_stop.py) with real signals sent to this process: the first signal during
 start-up interrupts it, later ones only set the event, and the kernel's parent-death signal is armed."""
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -43,35 +44,35 @@ def test_request_stop_without_an_installed_stop_says_so(monkeypatch):
     assert process_stop.request_stop('end of file') is False
 
 
-def test_a_child_gets_sigterm_when_its_parent_dies(tmp_path):
-    # parent -> child; the child arms the parent-death signal and reports SIGTERM to a file; SIGKILL the parent.
-    report = tmp_path / 'child.txt'
-    child_code = textwrap.dedent(f"""
-        import signal, sys, time
+def test_a_child_gets_sigterm_when_its_parent_dies():
+    # parent -> child; the child arms the parent-death signal and reports on the pipe it inherited from the
+    # parent (this test's stdout pipe): "ready", then "SIGTERM" once the parent is SIGKILLed.
+    child_code = textwrap.dedent("""
+        import signal, sys
         from vidaction_ros.nodes.process_stop import die_with_parent
-        signal.signal(signal.SIGTERM, lambda *_: (open({str(report)!r}, 'w').write('SIGTERM'), sys.exit(0)))
+        signal.signal(signal.SIGTERM, lambda *_: (print('SIGTERM', flush=True), sys.exit(0)))
         assert die_with_parent()
-        open({str(report)!r} + '.ready', 'w').write('1')
+        print('ready', flush=True)
         signal.pause()
     """)
     parent_code = textwrap.dedent(f"""
-        import subprocess, sys, time
+        import signal, subprocess, sys
         subprocess.Popen([sys.executable, '-c', {child_code!r}])
-        signal_pause = __import__('signal').pause
-        signal_pause()
+        signal.pause()
     """)
-    parent = subprocess.Popen([sys.executable, '-c', parent_code])
-    ready = tmp_path / 'child.txt.ready'
-    import time
-    deadline = time.monotonic() + 60
-    while not ready.exists():
-        assert time.monotonic() < deadline, 'child never armed its parent-death signal'
-        assert parent.poll() is None
-        time.sleep(0.05)   # polling a file another process writes (no event to wait on across processes)
-    parent.kill()
-    parent.wait()
-    deadline = time.monotonic() + 30
-    while not report.exists():
-        assert time.monotonic() < deadline, 'the child kept running after its parent died'
-        time.sleep(0.05)
-    assert report.read_text() == 'SIGTERM'
+    parent = subprocess.Popen([sys.executable, '-c', parent_code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert read_line(parent.stdout, 60) == 'ready', 'the child never armed its parent-death signal'
+        parent.kill()
+        parent.wait()
+        assert read_line(parent.stdout, 30) == 'SIGTERM', 'the child kept running after its parent died'
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+        parent.stdout.close()
+
+
+def read_line(stream, timeout: float) -> str:
+    """The next line of a pipe, waiting at most `timeout` s for it ('' when none came)."""
+    ready, _, _ = select.select([stream], [], [], timeout)
+    return stream.readline().strip() if ready else ''
