@@ -17,10 +17,18 @@ EMBEDDING = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=5,
 ACTION = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=10,
                     reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.VOLATILE)
 
-# Lock-step replay and recorders: every Action kept until acknowledged, however far a loaded reader lags (the
-# keep-last 10 of ACTION let a recorder on a busy 2-core machine lose three in a 795-frame replay).
+# Lock-step replay: the policy's publisher and the readers of a lock-step run. Every Action is kept until
+# acknowledged, however far a loaded reader lags (the keep-last 10 of ACTION let a recorder on a busy 2-core
+# machine lose three in a 795-frame replay), and, transient-local, a reader whose match with the policy's
+# writer completes after the first frames still gets them: the camera sees a reader in its graph before the
+# policy's writer has matched it (CI lost frames 0-3 of an 80-frame replay that way). A transient-local
+# reader needs a transient-local writer: read a live pipeline with ACTION_DEEP.
 ACTION_REPLAY = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1000,
-                           reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.VOLATILE)
+                           reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
+
+# A reader that must not lose an Action to its own lag, of any pipeline (live or lock-step).
+ACTION_DEEP = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1000,
+                         reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.VOLATILE)
 
 # sensor_msgs/Image interop (rviz, rqt, bags): the usual sensor-data profile.
 IMAGE = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1,

@@ -19,14 +19,16 @@ from rclpy.node import Node
 class ActionCollector:
     """A subscriber node on its own executor thread that records every Action it receives."""
 
-    def __init__(self, context=None, topic='action'):
+    def __init__(self, context=None, topic='action', lockstep: bool = False):
         from vidaction_ros import qos
         from vidaction_ros.msg import Action
         self.messages = []
         self.changed = threading.Condition()
         self.node = Node('test_action_collector', context=context)
-        # Deep reader history: a test on a loaded machine must not lose an Action to its own lag.
-        self.node.create_subscription(Action, topic, self._on_action, qos.ACTION_REPLAY)
+        # Deep reader history: a test on a loaded machine must not lose an Action to its own lag; reading a
+        # lock-step run, also the Actions published before the policy's writer matched this reader.
+        self.node.create_subscription(Action, topic, self._on_action,
+                                      qos.ACTION_REPLAY if lockstep else qos.ACTION_DEEP)
         self.executor = SingleThreadedExecutor(context=context)
         self.executor.add_node(self.node)
         self.thread = threading.Thread(target=self.executor.spin, daemon=True)
@@ -70,7 +72,7 @@ def run_until_frame_decided(args: list[str], last_sequence: int, log_path, timeo
     decided (or the timeout), stop it with SIGINT. Returns (per-frame Actions, complete, exit code, log)."""
     context = rclpy.Context()
     rclpy.init(context=context)
-    collector = ActionCollector(context=context)
+    collector = ActionCollector(context=context, lockstep='--lockstep' in args)
     proc = start_pipeline(*args, log_path=str(log_path))
     try:
         complete = collector.wait_for(lambda m: any(a.frame_sequence == last_sequence for a in m), timeout=timeout)

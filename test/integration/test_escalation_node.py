@@ -112,7 +112,7 @@ def run(tmp_path_factory):
     logs = tmp_path_factory.mktemp('escalation')
     context = rclpy.Context()
     rclpy.init(context=context)
-    recorder = Recorder(context, {'action': (Action, qos.ACTION), 'escalation': (Escalation, qos.ACTION),
+    recorder = Recorder(context, {'action': (Action, qos.ACTION_REPLAY), 'escalation': (Escalation, qos.ACTION),
                                   'escalation_slow': (Escalation, qos.ACTION)})
     slow = SlowAnalyser()
     # Every scored Action is in the band [-2, 2] and no interval: the slow node is asked far more often than

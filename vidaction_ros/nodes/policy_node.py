@@ -44,8 +44,8 @@ PARAMS = BACKEND_PARAMS + [
     Param('failsafe_action', 'FAILSAFE', 'Action.action name of the failsafe (e.g. HOVER for drones)'),
     Param('failsafe_code', 'FAILSAFE', 'Action code of the failsafe', choices=FAILSAFE_CODES),
     Param('failsafe_priority', 255, 'priority of the failsafe Action', 0, 255),
-    Param('replay_history', False, 'keep up to 1000 unacknowledged Actions for slow subscribers instead of 10 '
-          '(lock-step replay sets it: a recorder must get every Action)'),
+    Param('replay_history', False, 'keep up to 1000 Actions (transient-local) for slow or late-matched '
+          'subscribers instead of 10 (lock-step replay sets it: a recorder must get every Action)'),
 ]
 
 

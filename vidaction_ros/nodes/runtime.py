@@ -8,6 +8,7 @@ import threading
 
 import rclpy
 from rclpy._rclpy_pybind11 import RCLError
+from rclpy.exceptions import InvalidHandle
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.signals import SignalHandlerOptions
 
@@ -128,6 +129,12 @@ def _spin_quietly(executor) -> None:
     except RCLError:
         # Shut down between two waits: rclpy raises while building the next wait set on the dead context.
         if executor.context.ok():
+            raise
+    except InvalidHandle:
+        # Jazzy's Executor.shutdown never waits for running work (its wait sits under `if not _is_shutdown`
+        # right after setting it), so it can destroy the guard condition a callback's handler is about to
+        # trigger. Seen once in CI at stop; harmless then, a bug otherwise.
+        if not executor._is_shutdown:
             raise
 
 
