@@ -56,7 +56,8 @@ PARAMS = [
           'change', 0.0, 255.0),
     Param('gate_max_skip_s', 1.0, 'publish a keyframe at least this often even if nothing changed', 0.01, 3600.0),
     Param('transport', 'shm', 'frame transport: inproc (composed, by reference), shm (shared-memory ring, '
-          'processes on one host), cuda (frames uploaded once to GPU memory shared by CUDA IPC: a GPU '
+          'processes on one host), iox (Eclipse iceoryx2 shared-memory samples: processes on one host, no DDS on '
+          'the hot path), cuda (frames uploaded once to GPU memory shared by CUDA IPC: a GPU '
           'embedder in another process reads them in place) or image (pixels in the message: other hosts, '
           'or interop)',
           choices=MODES),

@@ -7,6 +7,10 @@ Modes (FrameRef.transport):
            ring (shm_ring), the topic carries only the FrameRef (ring name, slot, generation), and the
            consumer copies the frame out with one memcpy (resolve), or reads it in place for the length of a
            with-block (borrow), or is told it was lost (FrameLost) — never handed a torn frame.
+  iox    - across processes through Eclipse iceoryx2 (iox_frames): the camera loans a shared-memory sample,
+           fills it, sends it with a fixed header and an event; consumers are woken by the event and view the
+           sample in place until their callback returns (no DDS on the hot path, no torn frame: a held sample
+           is never rewritten). The FrameRef still goes out on DDS for observers (iox_refs resolves it).
   image  - portable fallback (another machine, another container): the downscaled pixels travel inline in
            FrameRef.image (a sensor_msgs/Image).
 The optional interop topic publishes a plain sensor_msgs/Image for rviz, rqt and `ros2 bag record`.
@@ -52,12 +56,13 @@ from sensor_msgs.msg import Image
 
 from .. import qos
 from ..conversions import bgr_to_image, image_to_bgr
+from . import iox_refs
 from .frame_store import FrameLost, find_store, open_store
 from ..msg import FrameRef
 from .shm_doorbell import DoorbellReader, DoorbellUnavailable, DoorbellWriter
 from .shm_ring import ShmRingReader, ShmRingWriter, WriterGone, reclaim_stale, ring_name, segment_path
 
-MODES = ('inproc', 'shm', 'image', 'cuda')
+MODES = ('inproc', 'shm', 'image', 'cuda', 'iox')
 DEFAULT_MAX_FRAME = (1920, 1080)   # (width, height) a shm slot holds when the caller does not say
 _store_ids = itertools.count()
 DISPATCH = ('thread', 'executor', 'inline')
@@ -278,6 +283,7 @@ class FrameSender:
         self.store = None
         self.ring = None
         self.cuda = None
+        self.iox = None
         self.bell: DoorbellWriter | None = None
         self.doorbell = doorbell and doorbell_enabled()
         self._context = node.context
@@ -310,6 +316,12 @@ class FrameSender:
             self.cuda = CudaFrameWriter(_fresh_ring_name(node, 'vidaction_cuda', 'CUDA frame ring'),
                                         slots=min(slots, 4), max_bytes=width * height * 3)
             self.ring = self.cuda.ring
+        elif mode == 'iox':
+            # IoxUnavailable (a RuntimeError: camera configure fails with the reason) without the library.
+            from .iox_frames import IoxFramePublisher, service_name
+            width, height = max_frame
+            self.iox = IoxFramePublisher(service_name(self._topic, self._context.get_domain_id()),
+                                         width * height * 3)
         if mode in ('shm', 'cuda'):
             if self.doorbell:
                 try:
@@ -334,6 +346,10 @@ class FrameSender:
                 raise ValueError(f'shm transport sends bgr8 HxWx3 frames, got shape {image.shape}')
             msg.store = self.ring.name
             msg.slot, msg.generation = self.ring.write(image)
+        elif self.mode == 'iox':
+            view = self.loan(msg.height, msg.width)
+            view[:] = image
+            return self.send_loaned(msg, view)
         else:
             self._place(msg, image)
         self._publish(msg, image)
@@ -365,6 +381,9 @@ class FrameSender:
         if self.mode == 'shm':
             self._loan = self.ring.loan((height, width, 3))
             array = self._loan.array
+        elif self.mode == 'iox':
+            self._loan = self.iox.loan(height, width)
+            array = self._loan.array
         else:
             array = self._loan = np.empty((height, width, 3), np.uint8)
         self.counts['loaned'] += 1
@@ -373,7 +392,7 @@ class FrameSender:
     def _loaned_array(self):
         if self._loan is None:
             return None
-        return self._loan.array if self.mode == 'shm' else self._loan
+        return self._loan.array if self.mode in ('shm', 'iox') else self._loan
 
     @property
     def loaned_view(self) -> np.ndarray | None:
@@ -394,6 +413,10 @@ class FrameSender:
             msg.store = self.ring.name
             msg.slot, msg.generation = self.ring.commit(self._loan)     # the view is read-only from here
             self._loan = None
+        elif self.mode == 'iox':
+            msg.store, msg.slot, msg.generation = self.iox.name, 0, msg.sequence
+            self.iox.send(self._loan, **iox_refs.header_fields(msg))   # consumers are woken here
+            self._loan = None
         else:
             self._loan = None
             view.flags.writeable = False
@@ -409,6 +432,8 @@ class FrameSender:
             return
         if self.mode == 'shm':
             self.ring.abandon(self._loan)
+        elif self.mode == 'iox':
+            self.iox.abandon(self._loan)
         else:
             array.flags.writeable = False
         self._loan = None
@@ -431,7 +456,7 @@ class FrameSender:
         # Doorbells first (a datagram each, microseconds), then DDS (hundreds of microseconds of CPU here and
         # in each subscriber: deferred by dds_delay_s when someone was rung, so it does not slow the hop).
         local = ()
-        if self.doorbell and self.mode != 'image':
+        if self.doorbell and self.mode not in ('image', 'iox'):
             if self._local_version != _LOCAL_VERSION[0]:
                 self._local_version = _LOCAL_VERSION[0]
                 self._local = _local_subscribers(self._context, self._topic)
@@ -439,6 +464,9 @@ class FrameSender:
         bell = self.bell is not None and self.bell.poll_registrations(max_age_s=0.02)
         rung = 0
         snapshot = None
+        if self.iox is not None and self.iox.subscribers():
+            rung = 1                   # they were woken by iceoryx2: the DDS copy can wait its turn
+            snapshot = _CODEC.snapshot(msg)
         if local or bell:
             snapshot = _CODEC.snapshot(msg)
             for sub in local:
@@ -508,6 +536,8 @@ class FrameSender:
         out = dict(self.counts)
         if self.bell is not None:
             out.update({f'doorbell_{k}': v for k, v in self.bell.stats().items()})
+        if self.iox is not None:
+            out.update({f'iox_{k}': v for k, v in self.iox.counts.items()})
         return out
 
     def close(self) -> None:
@@ -516,6 +546,9 @@ class FrameSender:
         self.flush()
         if self.bell is not None:
             self.bell.close()
+        if self.iox is not None:
+            self.abandon()
+            self.iox.close()
         if self.cuda is not None:
             self.cuda.close()               # its control ring too
         elif self.ring is not None:
@@ -596,6 +629,8 @@ def resolve(msg: FrameRef) -> np.ndarray:
         return _resolve_shm(msg)
     if msg.transport == FrameRef.TRANSPORT_IMAGE:
         return image_to_bgr(msg.image)
+    if msg.transport == FrameRef.TRANSPORT_IOX:
+        return iox_refs.resolve(msg)
     if msg.transport == FrameRef.TRANSPORT_CUDA:
         with borrow(msg) as frame:
             return frame.clone()                       # device to device; borrow synchronises and validates
@@ -622,6 +657,9 @@ def borrow(msg: FrameRef):
     shm: a read-only view of the ring slot, validated when the block ends; cuda: the device buffer in place
     (a torch tensor; the block's GPU work is waited for before the check); inproc and image: as resolve().
     Never keep the array past the block."""
+    if msg.transport == FrameRef.TRANSPORT_IOX:
+        yield iox_refs.view(msg)          # held by this process's subscription until its callback returns
+        return
     cuda = msg.transport == FrameRef.TRANSPORT_CUDA
     if not cuda and msg.transport != FrameRef.TRANSPORT_SHM:
         yield resolve(msg)
@@ -676,7 +714,7 @@ class FrameSubscription:
         self.callback = callback
         self.dispatch = dispatch
         self.closed = False
-        self.counts = {'local': 0, 'bell': 0, 'dds': 0, 'duplicates': 0, 'stale': 0, 'overflow': 0,
+        self.counts = {'local': 0, 'bell': 0, 'dds': 0, 'iox': 0, 'duplicates': 0, 'stale': 0, 'overflow': 0,
                        'errors': 0, 'registrations': 0, 'undecodable': 0}
         self._spare = FrameRef()                   # the next doorbell / local frame is decoded into it
         self.trace: collections.deque | None = collections.deque(maxlen=10000) if trace else None
@@ -692,6 +730,7 @@ class FrameSubscription:
         self._stop = threading.Event()
         self._context = node.context
         self.bell: DoorbellReader | None = None
+        self.iox = None                              # the iceoryx2 reader, opened below
         if doorbell and doorbell_enabled():
             try:
                 self.bell = DoorbellReader()
@@ -714,6 +753,23 @@ class FrameSubscription:
                 _LOCAL_VERSION[0] += 1
         self._thread = threading.Thread(target=self._run, name=f'frames:{self.topic}', daemon=True)
         self._thread.start()
+        # iceoryx2 (a camera with transport iox): opened now, before the first frame, so that no frame has to
+        # be found some other way; the sample is held until the callback returns (_iox_free).
+        self._iox_free = threading.Event()
+        self._iox_free.set()
+        self._iox_thread = None
+        if self._doorbell:
+            from . import iox_frames
+            if iox_frames.available():
+                try:
+                    self.iox = iox_frames.IoxFrameReader(iox_frames.service_name(self.topic,
+                                                                                 self._context.get_domain_id()))
+                except iox_frames.IoxUnavailable as err:
+                    _warn_once(node, 'iox-reader', f'iceoryx2 frame service unavailable ({err}); frames of a camera '
+                                                   f'with transport iox arrive over DDS only')
+            if self.iox is not None:
+                self._iox_thread = threading.Thread(target=self._run_iox, name=f'iox:{self.topic}', daemon=True)
+                self._iox_thread.start()
 
     # -- arrivals --------------------------------------------------------------------------------------------
     def _admit(self, key, path: str) -> bool:
@@ -731,8 +787,14 @@ class FrameSubscription:
     def _enqueue(self, msg, path: str, key, sent_ns: int = 0, received_ns: int = 0) -> None:
         self._pending.append((msg, path, key, sent_ns, received_ns or time.monotonic_ns()))
         while len(self._pending) > self.depth:
-            self._pending.popleft()
+            dropped = self._pending.popleft()
             self.counts['overflow'] += 1
+            if dropped[1] == 'iox':
+                self._release_iox(dropped[0])
+
+    def _release_iox(self, msg) -> None:
+        iox_refs.HELD.release(msg.store, msg.generation)
+        self._iox_free.set()
 
     def _wake(self) -> None:
         if self.dispatch == 'executor':
@@ -765,6 +827,8 @@ class FrameSubscription:
         """Executor thread: the DDS copy. Dispatched unless a doorbell delivered it first."""
         if self.closed:
             return
+        if msg.transport == FrameRef.TRANSPORT_IOX and self.iox is not None:
+            return                      # iceoryx2 brought this frame already (or will: it was sent first)
         key = (msg.store, msg.slot, msg.generation) if msg.store else None
         with self._lock:
             won = self._admit(key, 'dds')
@@ -836,6 +900,38 @@ class FrameSubscription:
             elif self._pending:
                 self._wake()
 
+    def _run_iox(self) -> None:
+        reader = self.iox
+        while not self._stop.is_set():
+            try:
+                woken = reader.wait(0.5)
+            except Exception as err:    # noqa: BLE001 - the listener is gone (closing); say why otherwise
+                if not self._stop.is_set():
+                    _warn_once(self.node, 'iox-wait', f'iceoryx2 listener failed: {err!r}')
+                return
+            if self._stop.is_set():
+                return
+            if not woken:
+                if not self._still_wanted():
+                    self.destroy()
+                    return
+                continue
+            self._iox_free.wait()               # the previous frame's callback has returned
+            if self._stop.is_set():
+                return
+            frame = reader.take_newest()        # newest wins; the ones it replaced are counted as dropped
+            if frame is None:
+                continue
+            iox_refs.HELD.hold(reader.name, frame)
+            msg = iox_refs.frame_ref(frame, reader.name)
+            with self._lock:
+                self._iox_free.clear()
+                self._enqueue(msg, 'iox', (reader.name, 0, frame.sequence))
+            if self.dispatch == 'executor':
+                self._wake()
+            else:
+                self._dispatch_pending()
+
     def _still_wanted(self) -> bool:
         try:
             return self._context.ok() and any(sub is self.subscription for sub in self.node.subscriptions)
@@ -880,6 +976,8 @@ class FrameSubscription:
                 last = self._last_sequence.get(msg.store)
                 if last is not None and msg.sequence < last:
                     self.counts['stale'] += 1                # a newer frame of this camera went first
+                    if path == 'iox':
+                        self._release_iox(msg)
                     continue
                 self._last_sequence[msg.store] = msg.sequence
                 self._last_sequence.move_to_end(msg.store)
@@ -893,6 +991,8 @@ class FrameSubscription:
                 try:
                     self.callback(msg)                       # exceptions propagate, as rclpy callbacks do
                 finally:
+                    if path == 'iox':
+                        self._release_iox(msg)
                     # One frame per executor turn: a consumer slower than the frame rate would otherwise
                     # never return to the executor, starving its node's timers and services (diagnostics,
                     # lifecycle). More waiting: trigger again, queued behind whatever else is ready now.
@@ -906,12 +1006,17 @@ class FrameSubscription:
             except Exception as err:                         # noqa: BLE001 - keep the thread serving
                 self.counts['errors'] += 1
                 self.node.get_logger().error(f'frame callback raised: {err!r}', throttle_duration_sec=5.0)
+            finally:
+                if path == 'iox':
+                    self._release_iox(msg)
 
     # -- teardown ---------------------------------------------------------------------------------------------
     def stats(self) -> dict:
         out = dict(self.counts)
         if self.bell is not None:
             out['doorbell_received'] = self.bell.received
+        if self.iox is not None:
+            out.update({f'iox_{k}': v for k, v in self.iox.counts.items()})
         return out
 
     def destroy(self) -> None:
@@ -928,12 +1033,22 @@ class FrameSubscription:
                     del _LOCAL[self._key]
             _LOCAL_VERSION[0] += 1
         self._wake_w_send()
+        self._iox_free.set()
         if threading.current_thread() is not self._thread:
             self._thread.join(5.0)
+        if self._iox_thread is not None and threading.current_thread() is not self._iox_thread:
+            self._iox_thread.join(5.0)
         if self._dispatcher != threading.get_ident() and self._dispatching.acquire(timeout=5.0):
             self._dispatching.release()                          # a callback in progress has finished
         if self.bell is not None:
             self.bell.close()
+        with self._lock:
+            held, self._pending = [item[0] for item in self._pending if item[1] == 'iox'], collections.deque()
+        for msg in held:
+            self._release_iox(msg)
+        if self.iox is not None and (self._iox_thread is None or not self._iox_thread.is_alive()
+                                     or threading.current_thread() is self._iox_thread):
+            self.iox.close()
         for sock in (self._wake_r, self._wake_w):
             sock.close()
         try:

@@ -1,0 +1,285 @@
+"""Frames across processes through Eclipse iceoryx2: loaned shared-memory samples, woken by an event.
+
+The camera loans a sample of the working-size frame (`IoxFramePublisher.loan`), resizes into it, and sends
+it with a fixed header (`FrameHeader`: sequence, stamps, shape, encoding, frame id, source size, gate
+score) and an event notification. A consumer (`IoxFrameReader`) is woken by the event, takes the newest
+sample and views the pixels in place until it releases the sample. iceoryx2 never hands a loaned or
+borrowed sample to the writer again, so a frame being read cannot be overwritten: no seqlock, no torn
+frame, nothing "lost while reading". Older frames a slow consumer never took are dropped by iceoryx2 (its
+buffer overflows onto the oldest) and counted here from the sequence gaps.
+
+What iceoryx2 does for us: shared-memory segments (0600), the publisher's sample pool and its accounting,
+the subscriber queues (newest wins), the wake-up event, and the removal of a SIGKILLed process's resources
+(`reclaim_dead_nodes`, run whenever a port is created). What this module adds: the header layout, the
+service names, numpy views of the samples, and one clear error for a peer with another layout.
+
+Pure core: numpy, ctypes and iceoryx2 (>= 0.10, < 0.11); no ROS import.
+"""
+from __future__ import annotations
+
+import collections
+import ctypes
+import os
+import threading
+
+import numpy as np
+
+try:
+    import iceoryx2 as iox
+except ImportError:          # pragma: no cover - a build without the library: transport shm / image
+    iox = None
+
+REQUIRED = 'iceoryx2 >= 0.10, < 0.11'
+CHANNELS = {'bgr8': 3, 'rgb8': 3, 'mono8': 1}
+OBSERVER_KEEP = 4          # samples an observer (overlay, escalation) keeps borrowed: ~130 ms at 30 Hz
+MAX_SUBSCRIBERS = 16       # consumers and observers of one camera
+
+
+class IoxUnavailable(RuntimeError):
+    """iceoryx2 is missing, or its service could not be created or opened; the reason is in the message."""
+
+
+class IncompatibleFrames(IoxUnavailable):
+    """The service exists with another layout (a peer from another build) or another configuration."""
+
+
+class FrameHeaderV1(ctypes.Structure):
+    """Travels in each sample's user header. The class name is part of the service's type check: change the
+    fields, change the name (V2), and a peer of the other build gets IncompatibleFrames, never a misread."""
+    _fields_ = [
+        ('sequence', ctypes.c_uint64),
+        ('stamp_ns', ctypes.c_int64),           # capture time (media time in replay)
+        ('captured_ns', ctypes.c_int64),        # stage times, wall clock
+        ('published_ns', ctypes.c_int64),
+        ('height', ctypes.c_uint32),
+        ('width', ctypes.c_uint32),
+        ('channels', ctypes.c_uint32),
+        ('source_width', ctypes.c_uint32),
+        ('source_height', ctypes.c_uint32),
+        ('scene_change', ctypes.c_float),
+        ('keyframe', ctypes.c_uint8),
+        ('encoding', ctypes.c_char * 15),
+        ('frame_id', ctypes.c_char * 64),
+    ]
+
+
+FrameHeader = FrameHeaderV1
+HEADER_FIELDS = tuple(name for name, _ in FrameHeader._fields_)
+
+
+def available() -> bool:
+    return iox is not None
+
+
+def service_name(topic: str, domain: str | int = '') -> str:
+    """One service per camera topic and ROS domain: vidaction/<domain>/<resolved topic>."""
+    domain = str(domain if domain != '' else os.environ.get('ROS_DOMAIN_ID', '0'))
+    return f'vidaction/d{domain}/{topic.strip("/")}'
+
+
+_NODE = None
+_NODE_LOCK = threading.Lock()
+
+
+def _node():
+    """One iceoryx2 node per process (ports keep it alive). Its signal handling is off: the process's own
+    stop handling (nodes/process_stop.py) owns SIGINT and SIGTERM."""
+    global _NODE
+    if iox is None:
+        raise IoxUnavailable(f'the iceoryx2 package is not installed ({REQUIRED}); use transport shm or image')
+    with _NODE_LOCK:
+        if _NODE is None:
+            level = os.environ.get('IOX2_LOG_LEVEL')
+            # iceoryx2 announces "No config file was loaded" at Info on every start: quiet unless asked.
+            iox.set_log_level_from_env_or(iox.LogLevel.Error) if level else iox.set_log_level(iox.LogLevel.Error)
+            _NODE = (iox.NodeBuilder.new().signal_handling_mode(iox.SignalHandlingMode.Disabled)
+                     .create(iox.ServiceType.Ipc))
+        return _NODE
+
+
+def reclaim_dead_nodes() -> None:
+    """Remove what SIGKILLed processes left (their node, ports and segments): the next start never blocks
+    on them. Cheap when nothing died."""
+    node = _node()
+    try:
+        node.try_cleanup_dead_nodes()
+    except Exception:   # noqa: BLE001 - best effort: a node of another user is skipped by iceoryx2 itself
+        pass
+
+
+def _services(name: str):
+    """The frame service and its wake-up event, created by whichever side comes first."""
+    node = _node()
+    reclaim_dead_nodes()
+    try:
+        frames = (node.service_builder(iox.ServiceName.new(name))
+                  .publish_subscribe(iox.Slice[ctypes.c_uint8]).user_header(FrameHeader)
+                  .max_publishers(1).max_subscribers(MAX_SUBSCRIBERS)
+                  .subscriber_max_buffer_size(OBSERVER_KEEP).subscriber_max_borrowed_samples(OBSERVER_KEEP)
+                  .history_size(0).enable_safe_overflow(True)
+                  .open_or_create())
+    except Exception as err:    # noqa: BLE001 - iceoryx2 raises its own error classes; say what they mean
+        text = f'{type(err).__name__}: {err}'
+        if 'Incompatible' in text or 'DoesNotSupport' in text:
+            raise IncompatibleFrames(
+                f'frame service {name!r} exists with another layout or configuration ({text}): a camera or '
+                f'consumer from another vidaction_ros build is running; stop it, or give this pipeline '
+                f'another ROS_DOMAIN_ID') from None
+        raise IoxUnavailable(f'frame service {name!r}: {text}') from None
+    try:
+        ready = node.service_builder(iox.ServiceName.new(name + '/ready')).event().open_or_create()
+    except Exception as err:    # noqa: BLE001
+        raise IoxUnavailable(f'frame event {name!r}/ready: {type(err).__name__}: {err}') from None
+    return frames, ready
+
+
+def _view(sample, header, writable: bool) -> np.ndarray:
+    shape = (header.height, header.width) if header.channels == 1 else (header.height, header.width,
+                                                                         header.channels)
+    array = np.frombuffer(sample.payload().as_memory_view(), np.uint8)
+    if array.size != int(np.prod(shape)):
+        raise ValueError(f'frame sample of {array.size} bytes but its header says {shape}')
+    array = array.reshape(shape)
+    array.flags.writeable = writable
+    return array
+
+
+class Loan:
+    """A loaned sample: fill `array` (HxWxC uint8, the shared memory itself), then publisher.send(loan)."""
+    __slots__ = ('sample', 'header', 'array')
+
+    def __init__(self, sample, header, array):
+        self.sample, self.header, self.array = sample, header, array
+
+
+class IoxFramePublisher:
+    """The camera's side. max_bytes: the largest frame expected (a larger one grows the pool, power of two)."""
+
+    def __init__(self, name: str, max_bytes: int):
+        self.name = name
+        self.frames, self.ready = _services(name)
+        try:
+            self.publisher = (self.frames.publisher_builder().initial_max_slice_len(int(max_bytes))
+                              .allocation_strategy(iox.AllocationStrategy.PowerOfTwo).max_loaned_samples(2)
+                              .create())
+        except Exception as err:    # noqa: BLE001
+            raise IoxUnavailable(f'frame publisher on {name!r}: {type(err).__name__}: {err} (is another camera '
+                                 f'publishing this topic in this ROS domain?)') from None
+        self.notifier = self.ready.notifier_builder().create()
+        self.counts = {'sent': 0, 'abandoned': 0}
+
+    def subscribers(self) -> int:
+        return int(self.frames.dynamic_config.number_of_subscribers)
+
+    def loan(self, height: int, width: int, encoding: str = 'bgr8') -> Loan:
+        channels = CHANNELS.get(encoding)
+        if channels is None:
+            raise ValueError(f'encoding {encoding!r} cannot travel as a frame sample; use one of {sorted(CHANNELS)}')
+        sample = self.publisher.loan_slice_uninit(int(height) * int(width) * channels)
+        header = sample.user_header().contents
+        header.height, header.width, header.channels, header.encoding = height, width, channels, encoding.encode()
+        return Loan(sample, header, _view(sample, header, writable=True))
+
+    def send(self, loan: Loan, **fields) -> None:
+        """Publish a filled loan; fields: any of HEADER_FIELDS (sequence, stamp_ns, ...)."""
+        header = loan.header
+        for key, value in fields.items():
+            setattr(header, key, value.encode()[:63] if isinstance(value, str) else value)
+        loan.array.flags.writeable = False
+        loan.array = None
+        loan.sample.assume_init().send()
+        self.notifier.notify()
+        self.counts['sent'] += 1
+
+    def abandon(self, loan: Loan) -> None:
+        loan.array = None
+        loan.sample.delete()                 # back to the pool, never sent
+        self.counts['abandoned'] += 1
+
+    def close(self) -> None:
+        for port in (self.notifier, self.publisher):
+            port.delete()
+
+
+class Received:
+    """A frame held in shared memory: `array` (read-only view) and the header's fields as attributes. Valid
+    until release(); the writer cannot reuse the sample before that."""
+
+    def __init__(self, sample):
+        self._sample = sample
+        header = sample.user_header().contents
+        for name in HEADER_FIELDS:
+            value = getattr(header, name)
+            setattr(self, name, value.decode(errors='replace') if isinstance(value, bytes) else value)
+        self.array = _view(sample, header, writable=False)
+
+    def release(self) -> None:
+        if self._sample is not None:
+            self.array = None
+            self._sample.delete()
+            self._sample = None
+
+
+class IoxFrameReader:
+    """A consumer: wait() for the wake-up, take_newest() the newest frame (older ones released and counted).
+    keep > 1 (observers): the last `keep` frames stay borrowed and can be looked up by sequence (find)."""
+
+    def __init__(self, name: str, keep: int = 1):
+        if not 1 <= keep <= OBSERVER_KEEP:
+            raise ValueError(f'keep must be 1..{OBSERVER_KEEP}, got {keep}')
+        self.name = name
+        self.keep = keep
+        self.frames, self.ready = _services(name)
+        self.subscriber = self.frames.subscriber_builder().buffer_size(keep).create()
+        self.listener = self.ready.listener_builder().create()
+        self.held: collections.deque[Received] = collections.deque()
+        self.last_sequence: int | None = None
+        self.counts = {'received': 0, 'dropped': 0, 'malformed': 0}
+
+    def wait(self, timeout_s: float) -> bool:
+        """Block (GIL released) until the camera announces a frame or timeout_s passes."""
+        return bool(self.listener.timed_wait(iox.Duration.from_secs_f64(max(0.0, timeout_s))))
+
+    def _receive_all(self) -> None:
+        while (sample := self.subscriber.receive()) is not None:
+            try:
+                frame = Received(sample)
+            except ValueError:
+                sample.delete()
+                self.counts['malformed'] += 1
+                continue
+            if self.last_sequence is not None and frame.sequence > self.last_sequence + 1:
+                self.counts['dropped'] += frame.sequence - self.last_sequence - 1
+            self.last_sequence = frame.sequence
+            self.counts['received'] += 1
+            self.held.append(frame)
+            while len(self.held) > self.keep:
+                self.held.popleft().release()
+                if self.keep == 1:
+                    self.counts['dropped'] += 1        # a consumer's frame superseded before it was taken
+
+    def take_newest(self) -> Received | None:
+        """The newest frame not taken before (the caller releases it), or None. Frames received but
+        superseded before anyone took them are released and counted as dropped."""
+        self._receive_all()
+        if not self.held:
+            return None
+        newest = self.held.pop()
+        while self.held:
+            self.held.popleft().release()
+            self.counts['dropped'] += 1
+        return newest
+
+    def find(self, sequence: int) -> Received | None:
+        """The held frame with this sequence (observers; stays owned by the reader), or None."""
+        self._receive_all()
+        for frame in self.held:
+            if frame.sequence == sequence:
+                return frame
+        return None
+
+    def close(self) -> None:
+        while self.held:
+            self.held.popleft().release()
+        for port in (self.listener, self.subscriber):
+            port.delete()

@@ -1,0 +1,122 @@
+"""FrameRefs of frames carried by iceoryx2 (transport "iox"), and the frames this process holds.
+
+A FrameRef with transport "iox" names the camera's frame service (`store`) and the frame's sequence
+(`generation`; `slot` is 0). The pixels are found
+
+- in a frame a FrameSubscription of this process holds while its callback runs (`HELD`): resolve copies it,
+  borrow views it in place; or
+- for an observer that only hears the DDS FrameRef (overlay, escalation, a test): in a per-process reader of
+  the service that keeps the last iox_frames.OBSERVER_KEEP frames (opened on first use, so the frames sent
+  before it are FrameLost, as are frames older than what it keeps).
+"""
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+
+from ..msg import FrameRef
+from . import iox_frames
+from .frame_store import FrameLost
+
+
+def _ns(stamp) -> int:
+    return stamp.sec * 1_000_000_000 + stamp.nanosec
+
+
+def _set(stamp, ns: int) -> None:
+    stamp.sec, stamp.nanosec = divmod(int(ns), 1_000_000_000)
+
+
+def header_fields(msg: FrameRef) -> dict:
+    """What travels in the sample's header, from the FrameRef the camera built."""
+    return {'sequence': msg.sequence, 'stamp_ns': _ns(msg.header.stamp), 'captured_ns': _ns(msg.times.captured),
+            'published_ns': _ns(msg.times.published), 'source_width': msg.source_width,
+            'source_height': msg.source_height, 'scene_change': msg.scene_change, 'keyframe': int(msg.keyframe),
+            'frame_id': msg.header.frame_id}
+
+
+def frame_ref(frame: iox_frames.Received, store: str) -> FrameRef:
+    """The FrameRef a consumer's callback gets for a frame that came through iceoryx2 (no DDS message)."""
+    msg = FrameRef()
+    _set(msg.header.stamp, frame.stamp_ns)
+    msg.header.frame_id = frame.frame_id
+    msg.sequence = frame.sequence
+    msg.transport = FrameRef.TRANSPORT_IOX
+    msg.store, msg.slot, msg.generation = store, 0, frame.sequence
+    msg.width, msg.height, msg.encoding = frame.width, frame.height, frame.encoding
+    msg.source_width, msg.source_height = frame.source_width, frame.source_height
+    msg.scene_change, msg.keyframe = frame.scene_change, bool(frame.keyframe)
+    _set(msg.times.captured, frame.captured_ns)
+    _set(msg.times.published, frame.published_ns)
+    return msg
+
+
+class HeldFrames:
+    """Frames FrameSubscriptions of this process hold, by (store, sequence), while their callbacks run."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._frames: dict = {}
+
+    def hold(self, store: str, frame: iox_frames.Received) -> None:
+        with self._lock:
+            self._frames[(store, frame.sequence)] = frame
+
+    def get(self, store: str, sequence: int):
+        with self._lock:
+            return self._frames.get((store, sequence))
+
+    def release(self, store: str, sequence: int) -> None:
+        with self._lock:
+            frame = self._frames.pop((store, sequence), None)
+        if frame is not None:
+            frame.release()
+
+
+HELD = HeldFrames()
+_OBSERVERS: dict[str, iox_frames.IoxFrameReader] = {}
+_OBSERVERS_LOCK = threading.Lock()
+
+
+def _check(msg: FrameRef) -> None:
+    if msg.encoding not in iox_frames.CHANNELS:
+        raise FrameLost(f'iox FrameRef with encoding {msg.encoding!r}; frame samples carry {sorted(iox_frames.CHANNELS)}')
+
+
+def resolve(msg: FrameRef) -> np.ndarray:
+    """A private copy of the frame's pixels; FrameLost with the reason when this process cannot reach them."""
+    _check(msg)
+    held = HELD.get(msg.store, msg.generation)
+    if held is not None:
+        return held.array.copy()
+    with _OBSERVERS_LOCK:
+        reader = _OBSERVERS.get(msg.store)
+        if reader is None:
+            try:
+                reader = _OBSERVERS[msg.store] = iox_frames.IoxFrameReader(msg.store, keep=iox_frames.OBSERVER_KEEP)
+            except iox_frames.IoxUnavailable as err:
+                raise FrameLost(str(err)) from None
+            raise FrameLost(f'frame {msg.generation} of {msg.store!r}: sent before this process started '
+                            f'reading the frame service (the next ones will be found)')
+        frame = reader.find(msg.generation)
+        if frame is None:
+            newest = reader.last_sequence
+            raise FrameLost(f'frame {msg.generation} of {msg.store!r} is no longer held (the last '
+                            f'{reader.keep} are; newest {newest})')
+        return frame.array.copy()          # under the lock: the reader cannot release it meanwhile
+
+
+def view(msg: FrameRef) -> np.ndarray:
+    """In place when a subscription of this process holds the frame (valid during its callback); a copy
+    otherwise."""
+    _check(msg)
+    held = HELD.get(msg.store, msg.generation)
+    return held.array if held is not None else resolve(msg)
+
+
+def close_observers() -> None:
+    with _OBSERVERS_LOCK:
+        for reader in _OBSERVERS.values():
+            reader.close()
+        _OBSERVERS.clear()
