@@ -115,7 +115,9 @@ def _services(name: str):
         frames = (node.service_builder(iox.ServiceName.new(name))
                   .publish_subscribe(iox.Slice[ctypes.c_uint8]).user_header(FrameHeader)
                   .max_publishers(1).max_subscribers(MAX_SUBSCRIBERS)
-                  .subscriber_max_buffer_size(OBSERVER_KEEP).subscriber_max_borrowed_samples(OBSERVER_KEEP)
+                  .subscriber_max_buffer_size(OBSERVER_KEEP)
+                  # + 1: the sample being received while `keep` are held (and a consumer's taken frame)
+                  .subscriber_max_borrowed_samples(OBSERVER_KEEP + 1)
                   .history_size(0).enable_safe_overflow(True)
                   .open_or_create())
     except Exception as err:    # noqa: BLE001 - iceoryx2 raises its own error classes; say what they mean
