@@ -2,7 +2,8 @@
 """Frame transport per-hop latency: sensor_msgs/Image through rclpy vs the shared-memory ring vs composed.
 
     python bench/transport.py [--frames 600] [--rate 30] [--sizes 640x480,1920x1080]
-                              [--modes image,shm,shm_view,shm_loan_bell,shm_loan_bell_view,inproc,inproc_bell]
+                              [--modes image,shm,shm_view,shm_loan_bell,shm_loan_bell_view,inproc,inproc_bell,
+                                       iox_loan,iox_loan_view]
                               [--qos reliable|best_effort|lockstep] [--dispatch thread|executor] [--json PATH]
 
 A hop is timed from the moment the producer hands a filled bgr8 frame to the transport until the consumer's
@@ -21,6 +22,9 @@ that survive) or lockstep (qos.FRAME_LOCKSTEP, reliable depth 10: a slow consume
                       of the hop: the hop starts at send_loaned, when the filled frame is handed over), the
                       consumer (transport.FrameSubscription) is told by the ring's Unix-socket doorbell, not
                       by DDS (the FrameRef still goes over DDS; that duplicate is dropped), and copies out;
+  iox_loan / iox_loan_view  transport iox: the producer fills a loaned iceoryx2 sample, the consumer's
+                      FrameSubscription is woken by an iceoryx2 event and takes the sample (no DDS on the
+                      hop; the FrameRef on DDS is ignored there), then copies it out / reads it in place;
   shm_loan_bell_view  the same, read in place (borrow, validated after use: "holds a readable frame" is a
                       validated borrowed view);
   inproc_bell         composed, with a FrameSubscription: the FrameRef handed over in-process to the
@@ -78,8 +82,11 @@ LABELS = {'image': 'sensor_msgs/Image (rclpy)', 'shm': 'shm ring, resolve (copy 
           'shm_view': 'shm ring, borrow (view)',
           'shm_loan_bell': 'shm loan+doorbell, resolve', 'shm_loan_bell_view': 'shm loan+doorbell, borrow',
           'inproc': 'composed (by reference)', 'inproc_bell': 'composed, direct hand-off',
-          'inproc_inline': 'composed, inline call'}
-BELL_MODES = ('shm_loan_bell', 'shm_loan_bell_view', 'inproc_bell', 'inproc_inline')
+          'inproc_inline': 'composed, inline call',
+          'iox_loan': 'iceoryx2 loan+event, resolve', 'iox_loan_view': 'iceoryx2 loan+event, borrow'}
+BELL_MODES = ('shm_loan_bell', 'shm_loan_bell_view', 'inproc_bell', 'inproc_inline', 'iox_loan', 'iox_loan_view')
+LOANED = ('shm_loan_bell', 'shm_loan_bell_view', 'iox_loan', 'iox_loan_view')
+VIEWED = ('shm_loan_bell_view', 'iox_loan_view')
 COMPOSED = ('inproc', 'inproc_bell', 'inproc_inline')
 WARM = 'warm'          # header.frame_id of warm-up frames; measured frames carry their index
 # The camera's frame profile (qos.FRAME: keep last 1, newest wins) made reliable, so that large Image
@@ -148,6 +155,10 @@ class Recorder:
             local = [t for t in trace if t[0] == 'local']
             if local:
                 parts['producer'] = pct([(rx - t0) / 1e6 for _, t0, _, rx, _, _ in local])
+            woken = [t for t in trace if t[0] == 'iox']
+            if woken:                 # hand-off until the consumer's thread is woken; then taking the sample
+                parts['producer+event'] = pct([(tw - t0) / 1e6 for _, t0, tw, _, _, _ in woken])
+                parts['take'] = pct([(rx - tw) / 1e6 for _, _, tw, rx, _, _ in woken])
             if trace:
                 parts['queue'] = pct([(tk - rx) / 1e6 for _, _, _, rx, tk, _ in trace])
                 parts['deserialize'] = pct([(go - tk) / 1e6 for _, _, _, _, tk, go in trace])
@@ -166,7 +177,7 @@ def pct(values_ms) -> dict:
 
 def subscribe(node: Node, mode: str, recorder: Recorder, profile, dispatch: str = 'thread') -> None:
     if mode in BELL_MODES:
-        view = mode == 'shm_loan_bell_view'
+        view = mode in VIEWED
 
         def on_frame(msg):
             t0 = time.monotonic_ns()
@@ -266,11 +277,12 @@ def make_send(node: Node, mode: str, width: int, height: int, qos_name: str, fil
             pub.publish(msg)
         return send, pub.get_subscription_count, lambda: None
     transport = {'shm_view': 'shm', 'shm_loan_bell': 'shm', 'shm_loan_bell_view': 'shm',
-                 'inproc_bell': 'inproc', 'inproc_inline': 'inproc'}.get(mode, mode)
+                 'inproc_bell': 'inproc', 'inproc_inline': 'inproc', 'iox_loan': 'iox',
+                 'iox_loan_view': 'iox'}.get(mode, mode)
     # The DDS-only modes stay DDS-only (doorbell off), so the old rows keep measuring the old path.
     sender = FrameSender(node, transport, topic='bench/frame', max_frame=(width, height),
                          qos_profile=QOS[qos_name], doorbell=mode in BELL_MODES)
-    loaned = mode in ('shm_loan_bell', 'shm_loan_bell_view')
+    loaned = mode in LOANED
 
     def send(frame, frame_id):
         msg = FrameRef()
@@ -399,7 +411,7 @@ def table(results: list[dict]) -> str:
                       if isinstance(v, dict) and 'p50_ms' in v]
             paths = r['breakdown'].get('paths')
             if paths:
-                pieces.append('paths ' + ' '.join(f'{k}={paths[k]}' for k in ('bell', 'local', 'dds', 'duplicates',
+                pieces.append('paths ' + ' '.join(f'{k}={paths[k]}' for k in ('bell', 'local', 'iox', 'dds', 'duplicates',
                                                                                'stale', 'overflow') if paths.get(k)))
             lines.append(f"  {r['width']}x{r['height']:<6}{r['label']:<29}" + '  '.join(pieces))
     return '\n'.join(lines)

@@ -703,7 +703,7 @@ class FrameSubscription:
     'undecodable' (a doorbell copy from a build with another FrameRef layout: the DDS copy is used).
     trace=True keeps (path, stamp_ns, sent_ns, received_ns, taken_ns, dispatched_ns) of the last 10000
     dispatches (benches; CLOCK_MONOTONIC ns: doorbell sent, received by the thread, taken from the queue,
-    callback called; stamp_ns is the FrameRef's header stamp, sent_ns 0 unless rung by a doorbell).
+    callback called; stamp_ns is the FrameRef's header stamp, sent_ns 0 unless rung by a doorbell; iox: when the event woke the thread).
     """
 
     def __init__(self, node, topic: str, callback, qos_profile, *, doorbell: bool = True,
@@ -902,7 +902,10 @@ class FrameSubscription:
 
     def _run_iox(self) -> None:
         reader = self.iox
+        spare = None
         while not self._stop.is_set():
+            if spare is None:
+                spare = FrameRef()                  # for the next frame, built while nothing is waiting
             try:
                 woken = reader.wait(0.5)
             except Exception as err:    # noqa: BLE001 - the listener is gone (closing); say why otherwise
@@ -916,6 +919,7 @@ class FrameSubscription:
                     self.destroy()
                     return
                 continue
+            woken_ns = time.monotonic_ns()
             self._iox_free.wait()               # the previous frame's callback has returned
             if self._stop.is_set():
                 return
@@ -923,10 +927,11 @@ class FrameSubscription:
             if frame is None:
                 continue
             iox_refs.HELD.hold(reader.name, frame)
-            msg = iox_refs.frame_ref(frame, reader.name)
+            msg = iox_refs.frame_ref(frame, reader.name, spare)
+            spare = None
             with self._lock:
                 self._iox_free.clear()
-                self._enqueue(msg, 'iox', (reader.name, 0, frame.sequence))
+                self._enqueue(msg, 'iox', (reader.name, 0, frame.sequence), woken_ns)
             if self.dispatch == 'executor':
                 self._wake()
             else:

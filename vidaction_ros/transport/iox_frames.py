@@ -20,6 +20,7 @@ from __future__ import annotations
 import collections
 import ctypes
 import os
+import struct
 import threading
 
 import numpy as np
@@ -65,6 +66,10 @@ class FrameHeaderV1(ctypes.Structure):
 
 FrameHeader = FrameHeaderV1
 HEADER_FIELDS = tuple(name for name, _ in FrameHeader._fields_)
+# The consumer reads the header with one unpack (measured cold, after a 33 ms idle: ~150 us through the ctypes
+# fields, one call this way); the layout is checked against the ctypes one at import.
+_HEADER = struct.Struct('<QqqqIIIIIfB15s64s')
+assert _HEADER.size == ctypes.sizeof(FrameHeader) and FrameHeader.frame_id.offset == 72, 'header layouts differ'
 
 
 def available() -> bool:
@@ -206,14 +211,22 @@ class IoxFramePublisher:
 class Received:
     """A frame held in shared memory: `array` (read-only view) and the header's fields as attributes. Valid
     until release(); the writer cannot reuse the sample before that."""
+    __slots__ = ('_sample', 'array') + HEADER_FIELDS
 
     def __init__(self, sample):
         self._sample = sample
-        header = sample.user_header().contents
-        for name in HEADER_FIELDS:
-            value = getattr(header, name)
-            setattr(self, name, value.decode(errors='replace') if isinstance(value, bytes) else value)
-        self.array = _view(sample, header, writable=False)
+        values = _HEADER.unpack(ctypes.string_at(sample.user_header_ptr, _HEADER.size))
+        for name, value in zip(HEADER_FIELDS, values):
+            setattr(self, name, value)
+        self.encoding = self.encoding.split(b'\0', 1)[0].decode(errors='replace')
+        self.frame_id = self.frame_id.split(b'\0', 1)[0].decode(errors='replace')
+        shape = (self.height, self.width) if self.channels == 1 else (self.height, self.width, self.channels)
+        size = self.height * self.width * self.channels
+        if sample.header.number_of_elements != size:
+            raise ValueError(f'frame sample of {sample.header.number_of_elements} bytes but its header says {shape}')
+        array = np.frombuffer((ctypes.c_uint8 * size).from_address(sample.payload_ptr), np.uint8).reshape(shape)
+        array.flags.writeable = False
+        self.array = array
 
     def release(self) -> None:
         if self._sample is not None:

@@ -24,10 +24,6 @@ def _ns(stamp) -> int:
     return stamp.sec * 1_000_000_000 + stamp.nanosec
 
 
-def _set(stamp, ns: int) -> None:
-    stamp.sec, stamp.nanosec = divmod(int(ns), 1_000_000_000)
-
-
 def header_fields(msg: FrameRef) -> dict:
     """What travels in the sample's header, from the FrameRef the camera built."""
     return {'sequence': msg.sequence, 'stamp_ns': _ns(msg.header.stamp), 'captured_ns': _ns(msg.times.captured),
@@ -36,19 +32,22 @@ def header_fields(msg: FrameRef) -> dict:
             'frame_id': msg.header.frame_id}
 
 
-def frame_ref(frame: iox_frames.Received, store: str) -> FrameRef:
-    """The FrameRef a consumer's callback gets for a frame that came through iceoryx2 (no DDS message)."""
-    msg = FrameRef()
-    _set(msg.header.stamp, frame.stamp_ns)
-    msg.header.frame_id = frame.frame_id
-    msg.sequence = frame.sequence
-    msg.transport = FrameRef.TRANSPORT_IOX
-    msg.store, msg.slot, msg.generation = store, 0, frame.sequence
-    msg.width, msg.height, msg.encoding = frame.width, frame.height, frame.encoding
-    msg.source_width, msg.source_height = frame.source_width, frame.source_height
-    msg.scene_change, msg.keyframe = frame.scene_change, bool(frame.keyframe)
-    _set(msg.times.captured, frame.captured_ns)
-    _set(msg.times.published, frame.published_ns)
+def frame_ref(frame: iox_frames.Received, store: str, msg: FrameRef | None = None) -> FrameRef:
+    """The FrameRef a consumer's callback gets for a frame that came through iceoryx2 (no DDS message), filled
+    into msg: a fresh FrameRef built ahead of time (construction costs ~120 us cold, measured)."""
+    msg = FrameRef() if msg is None else msg
+    # rosidl keeps each field in the slot '_<name>' behind a type-checking property; the header's values
+    # already have the field types, so they go into the slots (16 checked setters cost ~100 us cold).
+    header, times = msg._header, msg._times
+    header._stamp._sec, header._stamp._nanosec = divmod(frame.stamp_ns, 1_000_000_000)
+    header._frame_id = frame.frame_id
+    msg._sequence = msg._generation = frame.sequence
+    msg._transport, msg._store, msg._slot = FrameRef.TRANSPORT_IOX, store, 0
+    msg._width, msg._height, msg._encoding = frame.width, frame.height, frame.encoding
+    msg._source_width, msg._source_height = frame.source_width, frame.source_height
+    msg._scene_change, msg._keyframe = frame.scene_change, bool(frame.keyframe)
+    times._captured._sec, times._captured._nanosec = divmod(frame.captured_ns, 1_000_000_000)
+    times._published._sec, times._published._nanosec = divmod(frame.published_ns, 1_000_000_000)
     return msg
 
 
