@@ -411,8 +411,8 @@ def table(results: list[dict]) -> str:
                       if isinstance(v, dict) and 'p50_ms' in v]
             paths = r['breakdown'].get('paths')
             if paths:
-                pieces.append('paths ' + ' '.join(f'{k}={paths[k]}' for k in ('bell', 'local', 'iox', 'dds', 'duplicates',
-                                                                               'stale', 'overflow') if paths.get(k)))
+                shown = ('bell', 'local', 'iox', 'dds', 'duplicates', 'stale', 'overflow')
+                pieces.append('paths ' + ' '.join(f'{k}={paths[k]}' for k in shown if paths.get(k)))
             lines.append(f"  {r['width']}x{r['height']:<6}{r['label']:<29}" + '  '.join(pieces))
     return '\n'.join(lines)
 

@@ -2,8 +2,8 @@
 
 A CUDA frame ring is `slots` device buffers, each big enough for the camera's largest frame, allocated and
 shared once (CUDA IPC through vidaction_ros.transport.cuda_ipc), plus a small POSIX shared-memory ring
-(vidaction_ros.transport.shm_ring) whose slot i holds buffer i's IPC handle and the shape of the frame in it. The control
-ring brings what the host ring has: a generation counter and a seqlock per slot (a reader learns that a slot
+(vidaction_ros.transport.shm_ring) whose slot i holds buffer i's IPC handle and the shape of the frame in it.
+The control ring brings what the host ring has: a generation counter and a seqlock per slot (a reader learns that a slot
 was overwritten under it), owner-only permissions, the stale segment of a SIGKILLed camera reclaimed, the
 doorbell. The pixels never leave the GPU: the writer copies a host frame up once (or a device frame across,
 device to device), and a reader in another process maps the same device memory: no host round trip.

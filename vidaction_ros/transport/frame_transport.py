@@ -703,7 +703,8 @@ class FrameSubscription:
     'undecodable' (a doorbell copy from a build with another FrameRef layout: the DDS copy is used).
     trace=True keeps (path, stamp_ns, sent_ns, received_ns, taken_ns, dispatched_ns) of the last 10000
     dispatches (benches; CLOCK_MONOTONIC ns: doorbell sent, received by the thread, taken from the queue,
-    callback called; stamp_ns is the FrameRef's header stamp, sent_ns 0 unless rung by a doorbell; iox: when the event woke the thread).
+    callback called; stamp_ns is the FrameRef's header stamp, sent_ns 0 unless rung by a doorbell; iox: when the
+    event woke the thread).
     """
 
     def __init__(self, node, topic: str, callback, qos_profile, *, doorbell: bool = True,

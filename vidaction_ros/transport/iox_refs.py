@@ -80,7 +80,8 @@ _OBSERVERS_LOCK = threading.Lock()
 
 def _check(msg: FrameRef) -> None:
     if msg.encoding not in iox_frames.CHANNELS:
-        raise FrameLost(f'iox FrameRef with encoding {msg.encoding!r}; frame samples carry {sorted(iox_frames.CHANNELS)}')
+        raise FrameLost(f'iox FrameRef with encoding {msg.encoding!r}; frame samples carry '
+                        f'{sorted(iox_frames.CHANNELS)}')
 
 
 def resolve(msg: FrameRef) -> np.ndarray:
