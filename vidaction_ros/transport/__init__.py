@@ -2,10 +2,11 @@
 
 Owns the node-facing sender and subscription (`frame_transport`: the FrameRef topic, in-process hand-over,
 dispatch threads, the DDS fallback and its message codec), the in-process frame store (`frame_store`), the
-POSIX shared-memory ring (`shm_ring`) and its doorbell (`shm_doorbell`), and frames on the GPU shared by
-CUDA IPC (`cuda_ipc`, `cuda_frames`).
+POSIX shared-memory ring (`shm_ring`) and its doorbell (`shm_doorbell`), frames through Eclipse iceoryx2
+(`iox_frames`: pure; `iox_refs`: their FrameRefs), and frames on the GPU shared by CUDA IPC (`cuda_ipc`,
+`cuda_frames`).
 
-Only `frame_transport` imports rclpy and the messages; every other module here is a pure core (numpy,
+Only `frame_transport` and `iox_refs` import rclpy or the messages; every other module here is a pure core (numpy,
 the standard library, torch only where CUDA is asked for) that a GPU machine without ROS can import.
 May import: `vidaction_ros.ingest` (image decoding), the shared modules (`qos`, `conversions`, `stats`).
 Nothing here is imported at package import time: import the module you need.
