@@ -11,7 +11,7 @@ import tempfile
 import time
 
 from .monitor import Monitor
-from .procfs import SHM_DIR, descendants, is_dds_port_segment, process_sample, ring_segments, shm_mapped
+from .procfs import SHM_DIR, descendants, is_shared_by_design, process_sample, ring_segments, shm_mapped
 
 STARTUP_TIMEOUT_S = 240.0          # model loading on a loaded 2-core machine
 STOP_TIMEOUT_S = 30.0
@@ -177,8 +177,8 @@ def run_phase(args, monitor: Monitor, name: str, source: str, fps: float, durati
         ours = shm_mapped('self') | mapped_by_self_before
         candidates = rings_seen | set(ring_segments(known_pids)) | (shm_seen - ours)
         left = sorted(n for n in candidates if os.path.exists(os.path.join(SHM_DIR, n)))
-        record['shm_leftovers'] = [n for n in left if not is_dds_port_segment(n)]
-        record['dds_port_segments_left'] = [n for n in left if is_dds_port_segment(n)]
+        record['shm_leftovers'] = [n for n in left if not is_shared_by_design(n)]
+        record['dds_port_segments_left'] = [n for n in left if is_shared_by_design(n)]
         record['rings_seen'] = sorted(rings_seen)
     return record
 

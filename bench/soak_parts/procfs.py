@@ -15,6 +15,12 @@ def is_dds_port_segment(name: str) -> bool:
     return name.removeprefix('sem.').startswith(DDS_PORT_PREFIX)
 
 
+def is_shared_by_design(name: str) -> bool:
+    """Left in /dev/shm on purpose by a library, for every process of the machine: Fast DDS's port
+    mailboxes, and iceoryx2's 16-byte machine-wide counter (iox2_<hash>_node.<version>.global_mgmt)."""
+    return is_dds_port_segment(name) or (name.startswith('iox2_') and name.endswith('.global_mgmt'))
+
+
 # -- process metrics (/proc) ---------------------------------------------------------------------------------
 def _children_map() -> dict[int, list[int]]:
     children: dict[int, list[int]] = {}

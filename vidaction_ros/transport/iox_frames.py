@@ -17,8 +17,10 @@ Pure core: numpy, ctypes and iceoryx2 (>= 0.10, < 0.11); no ROS import.
 """
 from __future__ import annotations
 
+import atexit
 import collections
 import ctypes
+import gc
 import os
 import struct
 import threading
@@ -100,6 +102,16 @@ def _node():
             _NODE = (iox.NodeBuilder.new().signal_handling_mode(iox.SignalHandlingMode.Disabled)
                      .create(iox.ServiceType.Ipc))
         return _NODE
+
+
+@atexit.register
+def release_node() -> None:
+    """Drop this process's node once its ports are closed, so its files go with it: node processes end with
+    os._exit after atexit (nodes/runtime.exit_process), which would skip iceoryx2's own clean-up."""
+    global _NODE
+    with _NODE_LOCK:
+        _NODE = None
+    gc.collect()
 
 
 def reclaim_dead_nodes() -> None:
@@ -206,6 +218,7 @@ class IoxFramePublisher:
     def close(self) -> None:
         for port in (self.notifier, self.publisher):
             port.delete()
+        self.frames = self.ready = None      # the services close with their last user: segments removed
 
 
 class Received:
@@ -298,3 +311,4 @@ class IoxFrameReader:
             self.held.popleft().release()
         for port in (self.listener, self.subscriber):
             port.delete()
+        self.frames = self.ready = None      # the services close with their last user: segments removed

@@ -11,6 +11,7 @@ A FrameRef with transport "iox" names the camera's frame service (`store`) and t
 """
 from __future__ import annotations
 
+import atexit
 import threading
 
 import numpy as np
@@ -115,7 +116,9 @@ def view(msg: FrameRef) -> np.ndarray:
     return held.array if held is not None else resolve(msg)
 
 
+@atexit.register
 def close_observers() -> None:
+    """Close the observers' readers (at exit too, before iox_frames drops the node: atexit runs in reverse)."""
     with _OBSERVERS_LOCK:
         for reader in _OBSERVERS.values():
             reader.close()
