@@ -1,6 +1,7 @@
 """Shared by the A/B benches over bench/e2e.py (overlay.py, intra_process.py): one e2e run in its own process,
 and configurations run in interleaved rounds (A, B, A, B, ...) so that a slow moment of the machine does not
 land on one configuration only."""
+import argparse
 import json
 import os
 import subprocess
@@ -9,6 +10,15 @@ import tempfile
 from pathlib import Path
 
 E2E = Path(__file__).with_name('e2e.py')
+
+
+def parse_args(doc: str, argv=None) -> argparse.Namespace:
+    """The A/B benches' command line: --frames per run, --rounds, --json PATH."""
+    parser = argparse.ArgumentParser(description=doc.split('\n\n')[0])
+    parser.add_argument('--frames', type=int, default=300)
+    parser.add_argument('--rounds', type=int, default=2)
+    parser.add_argument('--json', default='')
+    return parser.parse_args(argv)
 
 
 def run_e2e(frames: int, extra: list[str]) -> dict:

@@ -7,14 +7,13 @@ interleaved: camera -> Action and embed end -> Action (the two hops it changes).
 
 Run from outside the source tree after scripts/env.sh (as bench/e2e.py).
 """
-import argparse
 import json
 import os
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))   # PYTHONSAFEPATH=1 leaves this folder off sys.path
-from e2e_rounds import interleaved  # noqa: E402
+from e2e_rounds import interleaved, parse_args  # noqa: E402
 
 OFF = ['--set', 'embedder.intra_process=false', '--set', 'memory.intra_process=false',
        '--set', 'policy.intra_process=false']
@@ -33,11 +32,7 @@ def show(round_: int, name: str, r: dict) -> None:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
-    parser.add_argument('--frames', type=int, default=300)
-    parser.add_argument('--rounds', type=int, default=2)
-    parser.add_argument('--json', default='')
-    args = parser.parse_args(argv)
+    args = parse_args(__doc__, argv)
     configs = {'dds': OFF, 'intra': []}
     print(f"{'round':<7}{'hand-over':<11}{'cam->Action p50':>16}{'p99':>8}{'embed->Action p50':>19}{'p99':>8}")
     runs, mean = interleaved(configs, args.frames, args.rounds, summary, KEYS, show)

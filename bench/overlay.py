@@ -11,24 +11,19 @@ machine does not land on one configuration only. Prints every run's p50/p99 came
 configuration and the ratios to off. Run from outside the source tree after
 scripts/env.sh (as bench/e2e.py).
 """
-import argparse
 import json
 import os
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))   # PYTHONSAFEPATH=1 leaves this folder off sys.path
-from e2e_rounds import interleaved  # noqa: E402
+from e2e_rounds import interleaved, parse_args  # noqa: E402
 
 KEYS = ('p50_ms', 'p99_ms')
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
-    parser.add_argument('--frames', type=int, default=300)
-    parser.add_argument('--rounds', type=int, default=2)
-    parser.add_argument('--json', default='')
-    args = parser.parse_args(argv)
+    args = parse_args(__doc__, argv)
     configs = {'off': [], 'on': ['--overlay', 'true'],
                'foxglove': ['--foxglove', 'true', '--set', 'overlay.foxglove_port=0']}
     print(f"{'round':<7}{'overlay':<10}{'p50 ms':>10}{'p99 ms':>10}")

@@ -96,9 +96,9 @@ def _node():
         raise IoxUnavailable(f'the iceoryx2 package is not installed ({REQUIRED}); use transport shm or image')
     with _NODE_LOCK:
         if _NODE is None:
-            level = os.environ.get('IOX2_LOG_LEVEL')
-            # iceoryx2 announces "No config file was loaded" at Info on every start: quiet unless asked.
-            iox.set_log_level_from_env_or(iox.LogLevel.Error) if level else iox.set_log_level(iox.LogLevel.Error)
+            # iceoryx2 announces "No config file was loaded" at Info on every start: quiet unless IOX2_LOG_LEVEL
+            # asks otherwise.
+            iox.set_log_level_from_env_or(iox.LogLevel.Error)
             _NODE = (iox.NodeBuilder.new().signal_handling_mode(iox.SignalHandlingMode.Disabled)
                      .create(iox.ServiceType.Ipc))
         return _NODE
@@ -152,13 +152,14 @@ def _services(name: str):
     return frames, ready
 
 
-def _view(sample, header, writable: bool) -> np.ndarray:
-    shape = (header.height, header.width) if header.channels == 1 else (header.height, header.width,
-                                                                         header.channels)
-    array = np.frombuffer(sample.payload().as_memory_view(), np.uint8)
-    if array.size != int(np.prod(shape)):
-        raise ValueError(f'frame sample of {array.size} bytes but its header says {shape}')
-    array = array.reshape(shape)
+def _pixels(sample, height: int, width: int, channels: int, writable: bool) -> np.ndarray:
+    """The sample's payload as an HxW(xC) uint8 array over the shared memory itself (no copy); ValueError
+    when the sample's size disagrees with the shape its header gives."""
+    shape = (height, width) if channels == 1 else (height, width, channels)
+    size = height * width * channels
+    if sample.header.number_of_elements != size:
+        raise ValueError(f'frame sample of {sample.header.number_of_elements} bytes but its header says {shape}')
+    array = np.frombuffer((ctypes.c_uint8 * size).from_address(sample.payload_ptr), np.uint8).reshape(shape)
     array.flags.writeable = writable
     return array
 
@@ -197,7 +198,7 @@ class IoxFramePublisher:
         sample = self.publisher.loan_slice_uninit(int(height) * int(width) * channels)
         header = sample.user_header().contents
         header.height, header.width, header.channels, header.encoding = height, width, channels, encoding.encode()
-        return Loan(sample, header, _view(sample, header, writable=True))
+        return Loan(sample, header, _pixels(sample, int(height), int(width), channels, writable=True))
 
     def send(self, loan: Loan, **fields) -> None:
         """Publish a filled loan; fields: any of HEADER_FIELDS (sequence, stamp_ns, ...)."""
@@ -233,13 +234,7 @@ class Received:
             setattr(self, name, value)
         self.encoding = self.encoding.split(b'\0', 1)[0].decode(errors='replace')
         self.frame_id = self.frame_id.split(b'\0', 1)[0].decode(errors='replace')
-        shape = (self.height, self.width) if self.channels == 1 else (self.height, self.width, self.channels)
-        size = self.height * self.width * self.channels
-        if sample.header.number_of_elements != size:
-            raise ValueError(f'frame sample of {sample.header.number_of_elements} bytes but its header says {shape}')
-        array = np.frombuffer((ctypes.c_uint8 * size).from_address(sample.payload_ptr), np.uint8).reshape(shape)
-        array.flags.writeable = False
-        self.array = array
+        self.array = _pixels(sample, self.height, self.width, self.channels, writable=False)
 
     def release(self) -> None:
         if self._sample is not None:
