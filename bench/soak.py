@@ -94,8 +94,9 @@ def main(argv=None) -> int:
         video = retimed_video(args.source, args.fps, work_dir)
         soak = run_phase(args, monitor, 'soak', video, args.fps, duration_s, sample_s, work_dir, out)
         if not soak['started'] or not soak['samples']:
-            result = {'minutes': args.minutes, 'error': 'pipeline did not start', 'log': soak['log'],
-                      'exit_code': soak['exit_code'], 'pass': False}
+            result = {'minutes': args.minutes, 'error': soak.get('startup_failure', 'pipeline did not start'),
+                      'problems': soak.get('problems', []), 'log': soak['log'], 'exit_code': soak['exit_code'],
+                      'pass': False}
             _write(args.json, result)
             return 1
         s = summarise_soak(soak, window_s)

@@ -118,11 +118,18 @@ def run_phase(args, monitor: Monitor, name: str, source: str, fps: float, durati
     shm_seen: set[str] = set()
     rings_seen: set[str] = set()
     try:
+        started_at = time.monotonic()
         t0 = monitor.wait_first_action(proc, STARTUP_TIMEOUT_S)
         if t0 is None:
-            out.write(f'[{name}] no Action within {STARTUP_TIMEOUT_S:.0f} s (exit code {proc.poll()}); '
-                      f'log {log_path}:\n{_tail(log_path)}\n')
+            waited = time.monotonic() - started_at
+            why = (f'pipeline exited with code {proc.returncode} after {waited:.0f} s, before its first Action'
+                   if proc.poll() is not None else f'no Action within {STARTUP_TIMEOUT_S:.0f} s')
+            record['problems'] = _problems(log_path)
+            problems = '\n'.join(record['problems']) or '(none logged)'
+            out.write(f'[{name}] {why}; log {log_path}\nwarnings and errors:\n{problems}\n'
+                      f'last lines:\n{_tail(log_path)}\n')
             record['crashed'] = proc.poll() is not None
+            record['startup_failure'] = why
             return record
         record['started'] = True
         out.write(f'[{name}] first Action after start; {args.mode} mode, {fps:g} fps input, '
@@ -181,6 +188,19 @@ def run_phase(args, monitor: Monitor, name: str, source: str, fps: float, durati
         record['dds_port_segments_left'] = [n for n in left if is_shared_by_design(n)]
         record['rings_seen'] = sorted(rings_seen)
     return record
+
+
+def _problems(path: str, limit: int = 20) -> list[str]:
+    """The log's WARN / ERROR / FATAL lines and Python tracebacks' last lines (what says why a start failed),
+    the first `limit` of them."""
+    try:
+        with open(path, errors='replace') as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return []
+    picked = [line for line in lines if line.startswith(('[WARN]', '[ERROR]', '[FATAL]', 'Traceback'))
+              or (line and not line.startswith((' ', '[')) and ('Error' in line or 'Warning' in line))]
+    return [line[:400] for line in picked[:limit]]
 
 
 def _tail(path: str, n: int = 3000) -> str:

@@ -27,6 +27,8 @@ def test_short_soak_reports_flat_resources_and_leaves_no_shm(tmp_path, video_pat
     report = proc.stdout + proc.stderr
     assert out.is_file(), report[-4000:]
     result = json.loads(out.read_text())
+    # A start that failed: what the pipeline logged as wrong comes first (CI shows only part of the output).
+    assert 'error' not in result, (result['error'], result.get('problems'), report[-2000:])
     for key in KEYS:
         assert key in result, (key, report[-4000:])
     assert result['minutes'] == 0.5 and result['window_s'] == pytest.approx(10.0)

@@ -403,3 +403,35 @@ def test_without_a_doorbell_everything_still_arrives_over_dds(context):
         consumer.close()
     finally:
         producer.close()
+
+
+def test_a_consumer_whose_iceoryx2_reader_cannot_open_still_gets_every_ring_frame(context):
+    # Every consumer opens an iceoryx2 reader ahead of the first frame (for a camera with transport iox). Any
+    # iceoryx2 failure there (here: the frame service already at its subscriber limit) must cost only that
+    # path: one warning, and the ring's frames arrive as before.
+    from vidaction_ros.transport import iox_frames
+    if not iox_frames.available():
+        pytest.skip('iceoryx2 is not installed')
+    name = iox_frames.service_name('/camera/frame', context.get_domain_id())
+    blockers = [iox_frames.IoxFrameReader(name) for _ in range(iox_frames.MAX_SUBSCRIBERS)]
+    producer = Producer()
+    try:
+        producer.expect('ring')
+        consumer = Consumer(context, bell=True)
+        assert consumer.frames.iox is None
+        consumer.wait_for_publisher()
+        producer.say('go 2')
+        producer.expect('sent')
+        producer.say(f'loan 0 {FRAMES}')
+        producer.expect('loaned')
+        assert consumer.wait_for(2 * FRAMES), (f'only {[m.sequence for m, _ in consumer.results]} arrived; '
+                                               f'{consumer.frames.stats()}')
+        check_frames(consumer.results, range(2 * FRAMES))
+        producer.say('exit')
+        producer.expect('closed')
+        assert producer.proc.wait(60) == 0
+        consumer.close()
+    finally:
+        for reader in blockers:
+            reader.close()
+        producer.close()

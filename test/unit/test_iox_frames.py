@@ -243,3 +243,19 @@ def test_unknown_encodings_are_refused_at_the_loan():
     with pytest.raises(ValueError, match='yuv422'):
         writer.loan(H, W, 'yuv422')
     writer.close()
+
+
+def test_a_service_at_its_subscriber_limit_is_one_clear_error_not_an_iceoryx2_exception():
+    # A consumer must be able to fall back (FrameSubscription keeps DDS and the ring) on any iceoryx2
+    # failure, which it can only if every failure is an IoxUnavailable naming what could not be made.
+    name = fresh_name()
+    readers = [iox_frames.IoxFrameReader(name) for _ in range(iox_frames.MAX_SUBSCRIBERS)]
+    try:
+        with pytest.raises(iox_frames.IoxUnavailable) as err:
+            iox_frames.IoxFrameReader(name)
+        assert 'frame subscriber' in str(err.value) and name in str(err.value)
+        assert str(err.value).count('\n') == 0
+    finally:
+        for reader in readers:
+            reader.close()
+    iox_frames.IoxFrameReader(name).close()          # the slots are free again once the readers closed

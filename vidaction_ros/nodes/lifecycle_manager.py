@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import sys
 import threading
+import time
 
 import rclpy
 from lifecycle_msgs.msg import Transition
@@ -36,6 +37,8 @@ PARAMS = [
           'that came back (respawned) unconfigured or inactive; 0 = bring up once, then idle', 0.0, 3600.0),
 ]
 STATE_TIMEOUT_S = 1.0   # a supervision poll: a dead node's service is simply absent
+STATE_RETRY_S = 5.0     # get_state is asked again after this long: a request or response lost to a match not yet
+                        # complete on both sides (DDS discovery) would otherwise cost the whole timeout
 
 
 class LifecycleManager(Node):
@@ -58,10 +61,15 @@ class LifecycleManager(Node):
     def state_of(self, node_name: str, timeout: float = 5.0) -> str:
         client = self.create_client(GetState, f'{node_name}/get_state')
         try:
+            deadline = time.monotonic() + timeout
             if not client.wait_for_service(timeout_sec=timeout):
                 return 'unknown'
-            response = self._call(client, GetState.Request(), timeout)
-            return response.current_state.label if response else 'unknown'
+            while (left := deadline - time.monotonic()) > 0:
+                # Idempotent, so asked again rather than waited on.
+                response = self._call(client, GetState.Request(), min(left, STATE_RETRY_S))
+                if response is not None:
+                    return response.current_state.label
+            return 'unknown'
         finally:
             self.destroy_client(client)
 

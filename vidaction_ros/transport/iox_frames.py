@@ -99,9 +99,18 @@ def _node():
             # iceoryx2 announces "No config file was loaded" at Info on every start: quiet unless IOX2_LOG_LEVEL
             # asks otherwise.
             iox.set_log_level_from_env_or(iox.LogLevel.Error)
-            _NODE = (iox.NodeBuilder.new().signal_handling_mode(iox.SignalHandlingMode.Disabled)
-                     .create(iox.ServiceType.Ipc))
+            _NODE = _created('iceoryx2 node', lambda: iox.NodeBuilder.new()
+                             .signal_handling_mode(iox.SignalHandlingMode.Disabled).create(iox.ServiceType.Ipc))
         return _NODE
+
+
+def _created(what: str, build, hint: str = ''):
+    """build(), any iceoryx2 failure (its own error classes, an OSError from a full /dev/shm) raised as one
+    IoxUnavailable naming what could not be created."""
+    try:
+        return build()
+    except Exception as err:    # noqa: BLE001 - iceoryx2 raises its own error classes
+        raise IoxUnavailable(f'{what}: {type(err).__name__}: {err}{hint}') from None
 
 
 @atexit.register
@@ -145,10 +154,8 @@ def _services(name: str):
                 f'consumer from another vidaction_ros build is running; stop it, or give this pipeline '
                 f'another ROS_DOMAIN_ID') from None
         raise IoxUnavailable(f'frame service {name!r}: {text}') from None
-    try:
-        ready = node.service_builder(iox.ServiceName.new(name + '/ready')).event().open_or_create()
-    except Exception as err:    # noqa: BLE001
-        raise IoxUnavailable(f'frame event {name!r}/ready: {type(err).__name__}: {err}') from None
+    ready = _created(f'frame event {name!r}/ready',
+                     lambda: node.service_builder(iox.ServiceName.new(name + '/ready')).event().open_or_create())
     return frames, ready
 
 
@@ -178,14 +185,11 @@ class IoxFramePublisher:
     def __init__(self, name: str, max_bytes: int):
         self.name = name
         self.frames, self.ready = _services(name)
-        try:
-            self.publisher = (self.frames.publisher_builder().initial_max_slice_len(int(max_bytes))
-                              .allocation_strategy(iox.AllocationStrategy.PowerOfTwo).max_loaned_samples(2)
-                              .create())
-        except Exception as err:    # noqa: BLE001
-            raise IoxUnavailable(f'frame publisher on {name!r}: {type(err).__name__}: {err} (is another camera '
-                                 f'publishing this topic in this ROS domain?)') from None
-        self.notifier = self.ready.notifier_builder().create()
+        self.publisher = _created(f'frame publisher on {name!r}', lambda: (
+            self.frames.publisher_builder().initial_max_slice_len(int(max_bytes))
+            .allocation_strategy(iox.AllocationStrategy.PowerOfTwo).max_loaned_samples(2).create()),
+            ' (is another camera publishing this topic in this ROS domain?)')
+        self.notifier = _created(f'frame notifier on {name!r}', lambda: self.ready.notifier_builder().create())
         self.counts = {'sent': 0, 'abandoned': 0}
 
     def subscribers(self) -> int:
@@ -253,8 +257,9 @@ class IoxFrameReader:
         self.name = name
         self.keep = keep
         self.frames, self.ready = _services(name)
-        self.subscriber = self.frames.subscriber_builder().buffer_size(keep).create()
-        self.listener = self.ready.listener_builder().create()
+        self.subscriber = _created(f'frame subscriber on {name!r}',
+                                   lambda: self.frames.subscriber_builder().buffer_size(keep).create())
+        self.listener = _created(f'frame listener on {name!r}', lambda: self.ready.listener_builder().create())
         self.held: collections.deque[Received] = collections.deque()
         self.last_sequence: int | None = None
         self.counts = {'received': 0, 'dropped': 0, 'malformed': 0}
