@@ -902,7 +902,13 @@ class FrameSubscription:
                 self._wake()
 
     def _run_iox(self) -> None:
-        reader = self.iox
+        try:
+            self._iox_loop(self.iox)
+        finally:
+            if self.closed:
+                self.iox.close()    # destroy() leaves it to this thread when its join timed out: never leaked
+
+    def _iox_loop(self, reader) -> None:
         spare = None
         while not self._stop.is_set():
             if spare is None:

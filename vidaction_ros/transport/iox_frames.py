@@ -263,6 +263,7 @@ class IoxFrameReader:
         self.held: collections.deque[Received] = collections.deque()
         self.last_sequence: int | None = None
         self.counts = {'received': 0, 'dropped': 0, 'malformed': 0}
+        self._closing = threading.Lock()
 
     def wait(self, timeout_s: float) -> bool:
         """Block (GIL released) until the camera announces a frame or timeout_s passes."""
@@ -307,8 +308,12 @@ class IoxFrameReader:
         return None
 
     def close(self) -> None:
-        while self.held:
-            self.held.popleft().release()
-        for port in (self.listener, self.subscriber):
-            port.delete()
-        self.frames = self.ready = None      # the services close with their last user: segments removed
+        """Release held frames and the ports (idempotent: the consumer's thread and its destroy() may both)."""
+        with self._closing:
+            if self.frames is None:
+                return
+            while self.held:
+                self.held.popleft().release()
+            for port in (self.listener, self.subscriber):
+                port.delete()
+            self.frames = self.ready = None      # the services close with their last user: segments removed
