@@ -150,3 +150,17 @@ def mapping_of(array):
     if isinstance(base, memoryview):
         base = base.obj
     return 'mmap' if type(base).__name__ == 'mmap' else None
+
+
+def test_the_embedder_runs_its_policy_regions_batch_before_it_activates(context):
+    # The default policy has regions; a live frame is embedded with them in one batch (1 + regions), so that
+    # batch runs at configure, not on the first frame.
+    from vidaction_ros.nodes.embedder_node import load_regions
+    regions = load_regions('')
+    assert regions
+    embedder = EmbedderNode('embedder', context=context, parameter_overrides=[Parameter('autostart', value=True)])
+    try:
+        assert embedder.active and embedder.warmed_batches == [1 + len(regions)]
+    finally:
+        embedder.close()
+        embedder.destroy_node()

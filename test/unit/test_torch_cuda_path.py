@@ -253,6 +253,44 @@ def test_frame_plus_regions_gets_its_graph_on_the_second_call(cuda_pair):
             assert cosine(got.regions[name].vector, reference.regions[name].vector) > 0.999
 
 
+def test_warm_up_runs_every_batch_a_live_frame_needs_and_changes_no_result(model_dirs):  # noqa: F811
+    # On the CPU (no graphs): both batch sizes live frames need (1, 1 + regions) ran once before any frame;
+    # a warmed backend then embeds exactly as one that was not warmed.
+    warmed = TorchCudaBackend(model_path=str(model_dirs[1]), device='cpu', torch_preprocess=True)
+    cold = TorchCudaBackend(model_path=str(model_dirs[1]), device='cpu', torch_preprocess=True)
+    warmed.activate()
+    cold.activate()
+    try:
+        before = dict(warmed._eager_runs)
+        assert warmed.warm_up([NEAR, LEFT]) == [1, 3]
+        assert warmed._eager_runs.get(3, 0) == before.get(3, 0) + 1
+        assert warmed._eager_runs.get(1, 0) == before.get(1, 0) + 1
+        assert warmed.warm_up([]) == [1]
+        frame = read_frame(600)
+        got, expected = (b.embed_images([frame], [NEAR, LEFT])[0] for b in (warmed, cold))
+        np.testing.assert_allclose(got.vector, expected.vector, atol=1e-6)
+        for name in ('near_zone', 'left'):
+            np.testing.assert_allclose(got.regions[name].vector, expected.regions[name].vector, atol=1e-6)
+    finally:
+        warmed.deactivate()
+        cold.deactivate()
+
+
+@cuda_only
+def test_warm_up_captures_every_live_batch_so_no_frame_waits_for_a_capture(model_dirs):  # noqa: F811
+    backend = TorchCudaBackend(model_path=str(model_dirs[1]))
+    backend.activate()
+    try:
+        assert backend.warm_up([NEAR, LEFT]) == [1, 3]
+        assert {1, 3} <= set(backend._graphs)
+        graphs, eager = dict(backend._graphs), dict(backend._eager_runs)
+        backend.embed_images([read_frame(700)], [NEAR, LEFT])
+        backend.embed_images([read_frame(701)])
+        assert backend._graphs == graphs and backend._eager_runs == eager   # replayed: nothing captured or eager
+    finally:
+        backend.deactivate()
+
+
 @cuda_only
 def test_cuda_path_agrees_with_clip_hf_on_the_cpu(backends, cuda_pair):  # noqa: F811
     _, cv2_path, _ = backends

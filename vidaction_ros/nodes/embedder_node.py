@@ -48,8 +48,9 @@ PARAMS = BACKEND_PARAMS + [
     Param('engine_cache_dir', '', 'tensorrt: where built engines are cached ("" = ~/.cache/vidaction_ros/tensorrt)'),
     Param('calibration_source', '', 'tensorrt int8 on a float ONNX: video of the robot\'s scenes to calibrate on'),
     Param('calibration_frames', 256, 'tensorrt int8: frames taken evenly from calibration_source', 1, 100000),
-    Param('cuda_graph', True, 'torch_cuda: replay the image encoder from CUDA graphs (batch 1 captured at '
-          'configure, other batch sizes the second time they occur); false = eager'),
+    Param('cuda_graph', True, 'torch_cuda: replay the image encoder from CUDA graphs (the batch sizes live '
+          'frames need, 1 and 1 + policy regions, captured at configure; any other the second time it occurs); '
+          'false = eager'),
     Param('borrow_frames', False, 'shm transport: embed the ring slot in place instead of a private copy; a '
           'frame the camera overwrote meanwhile is discarded (lost). Pays off when embedding is much shorter '
           'than ring slots x frame period (GPU backends); the copy (~0.1 ms at 640x480) wastes no embedding '
@@ -84,6 +85,7 @@ class EmbedderNode(ManagedNode):
         self.backend = None
         self.frames: FrameSubscription | None = None
         self.regions = []
+        self.warmed_batches: list[int] = []    # batch sizes run at configure (backend.warm_up)
         self._rates = RateMeter()
         self.diagnostics = DiagnosticsPublisher(self, self._diagnostics)
         if self.p['autostart']:
@@ -94,9 +96,12 @@ class EmbedderNode(ManagedNode):
         started = time.monotonic()
         self.backend = create_backend(self.p['backend'], **backend_params(self.p, self.get_logger()))
         self.backend.activate()
+        loaded = time.monotonic()
+        # Every batch size live frames need is run (on CUDA: captured) before activation, not on a live frame.
+        self.warmed_batches = self.backend.warm_up(self.regions)
         self.get_logger().info(f'backend {self.backend.name} ({self.backend.model_id}, dim {self.backend.dim}) '
-                               f'ready in {time.monotonic() - started:.1f} s; regions: '
-                               f'{[r.name for r in self.regions]}')
+                               f'ready in {loaded - started:.1f} s, warmed up (batch {self.warmed_batches}) in '
+                               f'{time.monotonic() - loaded:.2f} s; regions: {[r.name for r in self.regions]}')
         self._last_sequence = None
         self.publisher = self.own(intra_process.publisher(self, Embedding, 'embedding', qos.EMBEDDING,
                                                           self.p['intra_process']))

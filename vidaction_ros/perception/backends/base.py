@@ -74,6 +74,14 @@ class EmbeddingBackend(abc.ABC):
     def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
         """Embed free-text prompts: (N, dim) float32, rows L2-normalised."""
 
+    def warm_up(self, regions: Sequence = (), frame_shape: tuple[int, int] = (480, 640)) -> list[int]:
+        """Run the image path once as live frames will (one frame with these regions: a batch of
+        1 + len(regions)) so that nothing is compiled, autotuned or allocated for the first real frame; after
+        activate, before frames flow (the embedder calls it in configure). Returns the batch sizes warmed."""
+        frame = np.full((int(frame_shape[0]), int(frame_shape[1]), 3), 127, np.uint8)
+        self.embed_images([frame], list(regions))
+        return [1 + len(regions)]
+
     def deactivate(self) -> None:
         """Release models and device memory. Safe to call twice."""
 

@@ -122,6 +122,22 @@ class ClipTorchBackend(JointEmbeddingBackend):
                 with self._image_lock, torch.inference_mode(), self._on_device():
                     self._capture(1)
 
+    def warm_up(self, regions=(), frame_shape=(480, 640)) -> list[int]:
+        """Every batch a live frame can need (1: no regions, 1 + regions) is run, and on CUDA with graphs
+        captured, now: a capture while frames flow stalls that frame (tens of ms)."""
+        batches = sorted({1, 1 + len(regions)})
+        if self._graphs_enabled():
+            with self._image_lock, self._torch.inference_mode(), self._on_device():
+                for batch in batches:
+                    if batch not in self._graphs and batch not in self._graph_failed and \
+                            len(self._graphs) < MAX_GRAPHS:
+                        self._capture(batch)
+        frame = np.full((int(frame_shape[0]), int(frame_shape[1]), 3), 127, np.uint8)
+        self.embed_images([frame])                       # the preprocessing path at the working size too
+        if regions:
+            self.embed_images([frame], list(regions))
+        return batches
+
     def deactivate(self) -> None:
         self._model = None
         self.tokenizer = None
