@@ -36,8 +36,16 @@ def _tokenizer():
     return tok, bos, eos
 
 
-def build(kind: str, out: Path, seed: int = 0) -> Path:
-    """Write a tiny random `kind` ('clip' or 'siglip') model directory to out and return it."""
+# The published CLIP ViT-B/32 image tower's shape (87.5 M parameters; weights random): GPU timing runs
+# (bench/device/run.sh), where the cost of the real architecture matters and the meaning does not.
+B32_VISION = dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
+                  image_size=224, patch_size=32)
+B32_PROJECTION = 512
+
+
+def build(kind: str, out: Path, seed: int = 0, vision_tower: str = 'tiny') -> Path:
+    """Write a random `kind` ('clip' or 'siglip') model directory to out and return it. vision_tower 'b32'
+    (clip only): the ViT-B/32 image tower at 224 px beside the tiny text tower."""
     import torch
     import transformers
     tok, bos, eos = _tokenizer()
@@ -46,12 +54,17 @@ def build(kind: str, out: Path, seed: int = 0) -> Path:
                 pad_token_id=eos)
     vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
                   image_size=IMAGE_SIZE, patch_size=8)
+    projection, size = DIM, IMAGE_SIZE
+    if vision_tower == 'b32' and kind == 'clip':
+        vision, projection, size = B32_VISION, B32_PROJECTION, B32_VISION['image_size']
+    elif vision_tower != 'tiny':
+        raise ValueError(f'vision_tower {vision_tower!r}: tiny, or b32 for clip')
     torch.manual_seed(seed)
     if kind == 'clip':
         model = transformers.CLIPModel(transformers.CLIPConfig(text_config=text, vision_config=vision,
-                                                               projection_dim=DIM))
-        pre = {'do_center_crop': True, 'size': {'shortest_edge': IMAGE_SIZE},
-               'crop_size': {'height': IMAGE_SIZE, 'width': IMAGE_SIZE},
+                                                               projection_dim=projection))
+        pre = {'do_center_crop': True, 'size': {'shortest_edge': size},
+               'crop_size': {'height': size, 'width': size},
                'image_mean': [0.48145466, 0.4578275, 0.40821073], 'image_std': [0.26862954, 0.26130258, 0.27577711]}
     elif kind == 'siglip':
         model = transformers.SiglipModel(transformers.SiglipConfig(text_config=text, vision_config=vision))
