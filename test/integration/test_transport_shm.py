@@ -422,6 +422,9 @@ def test_a_consumer_whose_iceoryx2_reader_cannot_open_still_gets_every_ring_fram
     try:
         producer.expect('ring')
         consumer = Consumer(context, bell=True)
+        # The service exists (the blockers made it), so the consumer tries to open a reader there and fails.
+        wait_until(lambda: consumer.frames.iox_state == 'failed', 30,
+                   lambda: f'iox_state stayed {consumer.frames.iox_state!r}')
         assert consumer.frames.iox is None
         consumer.wait_for_publisher()
         producer.say('go 2')
@@ -438,4 +441,28 @@ def test_a_consumer_whose_iceoryx2_reader_cannot_open_still_gets_every_ring_fram
     finally:
         for reader in blockers:
             reader.close()
+        producer.close()
+
+
+def test_a_consumer_of_a_ring_camera_holds_nothing_of_iceoryx2(context):
+    # Its reader waits for a camera's iceoryx2 service, which a ring camera never makes: no iceoryx2 node,
+    # no subscriber slot taken, however many consumers come and go.
+    from vidaction_ros.transport import iox_frames
+    if not iox_frames.available():
+        pytest.skip('iceoryx2 is not installed')
+    producer = Producer()
+    try:
+        producer.expect('ring')
+        consumer = Consumer(context, bell=True)
+        consumer.wait_for_publisher()
+        producer.say('go 2')
+        producer.expect('sent')
+        assert consumer.wait_for(FRAMES), f'only {len(consumer.results)} of {FRAMES} frames arrived'
+        assert consumer.frames.iox_state == 'waiting' and consumer.frames.iox is None
+        assert not iox_frames.service_exists(iox_frames.service_name('/camera/frame', context.get_domain_id()))
+        producer.say('exit')
+        producer.expect('closed')
+        assert producer.proc.wait(60) == 0
+        consumer.close()
+    finally:
         producer.close()

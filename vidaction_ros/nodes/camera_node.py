@@ -322,7 +322,9 @@ class CameraNode(ManagedNode):
 
     # -- lockstep ----------------------------------------------------------------------------------------
     def _downstream_ready(self) -> bool:
+        # transport iox: the embedder's iceoryx2 reader too (it opens once this camera's service exists).
         return (self.sender.publisher.get_subscription_count() > 0
+                and (self.sender.iox is None or self.sender.iox.subscribers() > 0)
                 and self._listeners('embedding') > 0
                 and self._listeners('memory/context') > 0
                 and self.count_publishers('action') > 0

@@ -67,6 +67,7 @@ DEFAULT_MAX_FRAME = (1920, 1080)   # (width, height) a shm slot holds when the c
 _store_ids = itertools.count()
 DISPATCH = ('thread', 'executor', 'inline')
 DDS_DELAY_S = 0.002   # DDS copy of a frame someone was rung for: this much later (see FrameSender)
+IOX_POLL_S = 0.2      # a consumer looks for its camera's iceoryx2 service this often until it is there
 _WARNED: set[str] = set()
 _WARNED_LOCK = threading.Lock()
 
@@ -700,7 +701,9 @@ class FrameSubscription:
     doorbell=False (or VIDACTION_DOORBELL=off) makes it a plain DDS subscription with the same dispatch.
     counts: frames dispatched per path ('local', 'bell', 'dds'), 'duplicates', 'stale', 'overflow' (pending
     frames replaced by newer ones), 'errors' (callback raised, thread dispatch), 'registrations',
-    'undecodable' (a doorbell copy from a build with another FrameRef layout: the DDS copy is used).
+    'undecodable' (a doorbell copy from a build with another FrameRef layout: the DDS copy is used),
+    'iox_early' (DDS FrameRefs of an iceoryx2 camera that came before this subscription's reader was open: their
+    samples went out before it; iox_state says where the reader is).
     trace=True keeps (path, stamp_ns, sent_ns, received_ns, taken_ns, dispatched_ns) of the last 10000
     dispatches (benches; CLOCK_MONOTONIC ns: doorbell sent, received by the thread, taken from the queue,
     callback called; stamp_ns is the FrameRef's header stamp, sent_ns 0 unless rung by a doorbell; iox: when the
@@ -716,7 +719,7 @@ class FrameSubscription:
         self.dispatch = dispatch
         self.closed = False
         self.counts = {'local': 0, 'bell': 0, 'dds': 0, 'iox': 0, 'duplicates': 0, 'stale': 0, 'overflow': 0,
-                       'errors': 0, 'registrations': 0, 'undecodable': 0}
+                       'errors': 0, 'registrations': 0, 'undecodable': 0, 'iox_early': 0}
         self._spare = FrameRef()                   # the next doorbell / local frame is decoded into it
         self.trace: collections.deque | None = collections.deque(maxlen=10000) if trace else None
         keep_last = qos_profile.history != HistoryPolicy.KEEP_ALL
@@ -754,21 +757,19 @@ class FrameSubscription:
                 _LOCAL_VERSION[0] += 1
         self._thread = threading.Thread(target=self._run, name=f'frames:{self.topic}', daemon=True)
         self._thread.start()
-        # iceoryx2 (a camera with transport iox): opened now, before the first frame, so that no frame has to
-        # be found some other way; the sample is held until the callback returns (_iox_free).
+        # iceoryx2 (a camera with transport iox): the thread opens a reader as soon as the camera has made its
+        # service (polled: a file check, no iceoryx2 node before), so a pipeline on another transport holds
+        # nothing of iceoryx2's; the sample is held until the callback returns (_iox_free).
         self._iox_free = threading.Event()
         self._iox_free.set()
+        self._iox_wake = threading.Event()           # a DDS FrameRef of transport iox: look for the service now
         self._iox_thread = None
+        self.iox_state = 'off'                       # off | waiting (for the service) | open | failed
         if self._doorbell:
             from . import iox_frames
             if iox_frames.available():
-                try:
-                    self.iox = iox_frames.IoxFrameReader(iox_frames.service_name(self.topic,
-                                                                                 self._context.get_domain_id()))
-                except iox_frames.IoxUnavailable as err:
-                    _warn_once(node, 'iox-reader', f'iceoryx2 frame service unavailable ({err}); frames of a camera '
-                                                   f'with transport iox arrive over DDS only')
-            if self.iox is not None:
+                self.iox_state = 'waiting'
+                self._iox_name = iox_frames.service_name(self.topic, self._context.get_domain_id())
                 self._iox_thread = threading.Thread(target=self._run_iox, name=f'iox:{self.topic}', daemon=True)
                 self._iox_thread.start()
 
@@ -828,8 +829,13 @@ class FrameSubscription:
         """Executor thread: the DDS copy. Dispatched unless a doorbell delivered it first."""
         if self.closed:
             return
-        if msg.transport == FrameRef.TRANSPORT_IOX and self.iox is not None:
-            return                      # iceoryx2 brought this frame already (or will: it was sent first)
+        if msg.transport == FrameRef.TRANSPORT_IOX and self.iox_state in ('open', 'waiting'):
+            # open: iceoryx2 brought this frame already (or will: it was sent first). waiting: sent before
+            # our reader existed; the reader opens now and takes the next ones.
+            if self.iox_state == 'waiting':
+                self.counts['iox_early'] += 1
+                self._iox_wake.set()
+            return
         key = (msg.store, msg.slot, msg.generation) if msg.store else None
         with self._lock:
             won = self._admit(key, 'dds')
@@ -902,11 +908,39 @@ class FrameSubscription:
                 self._wake()
 
     def _run_iox(self) -> None:
+        if not self._open_iox_when_there():
+            return
         try:
             self._iox_loop(self.iox)
         finally:
             if self.closed:
                 self.iox.close()    # destroy() leaves it to this thread when its join timed out: never leaked
+
+    def _open_iox_when_there(self) -> bool:
+        """Wait for the camera's iceoryx2 service (a file check every IOX_POLL_S, at once when a DDS FrameRef of
+        transport iox arrived), then open the reader. False when stopped first, or the reader cannot be
+        opened (one warning; such frames then come over DDS and resolve like an observer's)."""
+        from . import iox_frames
+        while not self._stop.is_set():
+            if iox_frames.service_exists(self._iox_name):
+                try:
+                    self.iox = iox_frames.IoxFrameReader(self._iox_name)
+                except iox_frames.IoxUnavailable as err:
+                    self.iox_state = 'failed'
+                    _warn_once(self.node, 'iox-reader', f'iceoryx2 frame service unavailable ({err}); frames of a '
+                                                        f'camera with transport iox arrive over DDS only')
+                    return False
+                if self._stop.is_set():
+                    self.iox.close()
+                    return False
+                self.iox_state = 'open'
+                return True
+            self._iox_wake.wait(IOX_POLL_S)
+            self._iox_wake.clear()
+            if not self._still_wanted():
+                self.destroy()
+                return False
+        return False
 
     def _iox_loop(self, reader) -> None:
         spare = None
@@ -1046,6 +1080,7 @@ class FrameSubscription:
             _LOCAL_VERSION[0] += 1
         self._wake_w_send()
         self._iox_free.set()
+        self._iox_wake.set()
         if threading.current_thread() is not self._thread:
             self._thread.join(5.0)
         if self._iox_thread is not None and threading.current_thread() is not self._iox_thread:

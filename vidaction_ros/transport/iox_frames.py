@@ -78,6 +78,20 @@ def available() -> bool:
     return iox is not None
 
 
+def service_exists(name: str) -> bool:
+    """Whether a camera (or anyone) made this frame service: a look at iceoryx2's files, no node, no ports.
+    Consumers wait for it before they open a reader, so a pipeline on another transport holds nothing of
+    iceoryx2's. Any failure reads as "not there"."""
+    if iox is None:
+        return False
+    _quiet()
+    try:
+        return bool(iox.Service.does_exist(iox.ServiceName.new(name), iox.config.global_config(),
+                                           iox.MessagingPattern.PublishSubscribe, iox.ServiceType.Ipc))
+    except Exception:   # noqa: BLE001 - e.g. an unreadable iceoryx2 directory: no iceoryx2 frames then
+        return False
+
+
 def service_name(topic: str, domain: str | int = '') -> str:
     """One service per camera topic and ROS domain: vidaction/<domain>/<resolved topic>."""
     domain = str(domain if domain != '' else os.environ.get('ROS_DOMAIN_ID', '0'))
@@ -86,6 +100,15 @@ def service_name(topic: str, domain: str | int = '') -> str:
 
 _NODE = None
 _NODE_LOCK = threading.Lock()
+_QUIET = []
+
+
+def _quiet() -> None:
+    """iceoryx2 announces "No config file was loaded" at Info on every start: quiet unless IOX2_LOG_LEVEL asks
+    otherwise (once per process)."""
+    if not _QUIET:
+        iox.set_log_level_from_env_or(iox.LogLevel.Error)
+        _QUIET.append(True)
 
 
 def _node():
@@ -96,9 +119,7 @@ def _node():
         raise IoxUnavailable(f'the iceoryx2 package is not installed ({REQUIRED}); use transport shm or image')
     with _NODE_LOCK:
         if _NODE is None:
-            # iceoryx2 announces "No config file was loaded" at Info on every start: quiet unless IOX2_LOG_LEVEL
-            # asks otherwise.
-            iox.set_log_level_from_env_or(iox.LogLevel.Error)
+            _quiet()
             _NODE = _created('iceoryx2 node', lambda: iox.NodeBuilder.new()
                              .signal_handling_mode(iox.SignalHandlingMode.Disabled).create(iox.ServiceType.Ipc))
         return _NODE
