@@ -102,7 +102,7 @@ def test_frames_cross_processes_through_iceoryx2_exactly_and_without_dds(tmp_pat
         service = producer.stdout.readline().split()[-1]
         assert done.wait(TIMEOUT_S), f'frame {FRAMES - 1} never arrived; got {[m.sequence for m, *_ in got]}'
         assert producer.stdout.readline().split() == ['sent', str(FRAMES)]
-        stats = frames.stats()
+        stats, first = frames.stats(), frames.iox.first_sequence
     finally:
         producer.communicate('exit\n', timeout=60)
         frames.destroy()
@@ -111,8 +111,10 @@ def test_frames_cross_processes_through_iceoryx2_exactly_and_without_dds(tmp_pat
         rclpy.try_shutdown(context=context)
     sequences = [msg.sequence for msg, *_ in got]
     assert sequences == sorted(set(sequences))
-    # Every frame either reached the callback or was counted as dropped (newest wins).
-    assert len(sequences) + stats['iox_dropped'] == FRAMES
+    # Every frame from the first one the reader received either reached the callback or was counted as
+    # dropped (newest wins); on a loaded machine the first may have been overwritten before the reader looked.
+    assert first is not None and first <= sequences[0]
+    assert len(sequences) + stats['iox_dropped'] == FRAMES - first
     assert stats['iox'] == len(sequences) and stats['dds'] == 0, stats
     for msg, in_place, copied in got:
         crc = zlib.crc32(expected(msg.sequence).tobytes())

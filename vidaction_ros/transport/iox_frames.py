@@ -283,6 +283,7 @@ class IoxFrameReader:
         self.listener = _created(f'frame listener on {name!r}', lambda: self.ready.listener_builder().create())
         self.held: collections.deque[Received] = collections.deque()
         self.last_sequence: int | None = None
+        self.first_sequence: int | None = None      # of the first frame received; drops are counted from it
         self.counts = {'received': 0, 'dropped': 0, 'malformed': 0}
         self._closing = threading.Lock()
 
@@ -298,7 +299,10 @@ class IoxFrameReader:
                 sample.delete()
                 self.counts['malformed'] += 1
                 continue
-            if self.last_sequence is not None and frame.sequence > self.last_sequence + 1:
+            if self.last_sequence is None:
+                # Frames before the first one received are not counted: a consumer may join a running camera.
+                self.first_sequence = frame.sequence
+            elif frame.sequence > self.last_sequence + 1:
                 self.counts['dropped'] += frame.sequence - self.last_sequence - 1
             self.last_sequence = frame.sequence
             self.counts['received'] += 1
