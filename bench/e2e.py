@@ -40,6 +40,11 @@ def main(argv=None) -> int:
     out.write(f"{'stage':<22}{'p50 ms':>10}{'p99 ms':>10}\n")
     for name, values in stages.items():
         out.write(f"{name:<22}{values['p50_ms']:>10.1f}{values['p99_ms']:>10.1f}\n")
+    hops = {k: {'p50_ms': w.percentile(50), 'p99_ms': w.percentile(99)} for k, w in printer.hops.items()}
+    result['hops'] = hops
+    out.write('inside those stages:\n')
+    for name, values in hops.items():
+        out.write(f"  {name:<32}{values['p50_ms']:>8.2f}{values['p99_ms']:>10.2f}\n")
     embed_p99 = stages['embed']['p99_ms']
     out.write(f"frames {result['frames']}  actions {result['actions']}  camera->Action p50 {result['p50_ms']:.1f} "
               f"p99 {result['p99_ms']:.1f} ms; p99 minus embedder p99 {result['p99_ms'] - embed_p99:.1f} ms\n")

@@ -12,6 +12,7 @@ import math
 import sys
 import time
 
+from ..conversions import ms_between
 from ..nodes import pipeline
 from ..stats import LatencyWindow
 
@@ -29,6 +30,12 @@ PER_FRAME_TRIGGERS = ('default', 'prompt', 'memory', 'hold', 'unchanged')
 NOT_EMBEDDED = ('unchanged', 'watchdog')
 
 
+HOPS = {'camera (capture -> published)': ('captured', 'published'),
+        'frame hop (-> embed start)': ('published', 'embed_start'),
+        'memory (embed end -> context)': ('embed_end', 'memory_end'),
+        'policy (context -> decided)': ('memory_end', 'decided')}
+
+
 class ActionPrinter:
     """Subscribes to `action` like a motion controller would and keeps the figures for the summary."""
 
@@ -39,6 +46,8 @@ class ActionPrinter:
         self.by_action = collections.Counter()
         self.latency = {k: LatencyWindow(100_000) for k in
                         ('capture_to_embed_ms', 'embed_ms', 'embed_to_decide_ms', 'capture_to_decide_ms')}
+        # The hops inside those stages, from Action.times: where the time beyond the model goes.
+        self.hops = {k: LatencyWindow(100_000) for k in HOPS}
         self.by_trigger = collections.Counter()
         self.last_at = time.monotonic()
         self.node = None
@@ -60,6 +69,8 @@ class ActionPrinter:
         if msg.trigger not in NOT_EMBEDDED:     # kept and failsafe Actions have no stage latencies
             for key, window in self.latency.items():
                 window.add(getattr(msg, key))
+            for key, (earlier, later) in HOPS.items():
+                self.hops[key].add(ms_between(getattr(msg.times, earlier), getattr(msg.times, later)))
         if self.changes_only and not msg.changed:
             return
         media = msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9
