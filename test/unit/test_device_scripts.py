@@ -15,25 +15,25 @@ def test_the_scripts_parse(script):
     subprocess.run(['bash', '-n', str(DEVICE / script)], check=True)
 
 
-def test_run_without_its_bundle_says_how_to_build_it(tmp_path):
-    # A copy of the scripts in a tree without build/device/bundle.
+def run_copy(tmp_path, bundle: bool, **env) -> list[str]:
+    """run.sh copied into an empty tree (with an empty bundle when asked), run there: exit code 2 expected;
+    its stdout lines."""
     scripts = tmp_path / 'bench' / 'device'
     scripts.mkdir(parents=True)
     (scripts / 'run.sh').write_text((DEVICE / 'run.sh').read_text())
+    if bundle:
+        (tmp_path / 'build' / 'device' / 'bundle' / 'whl').mkdir(parents=True)
     proc = subprocess.run(['bash', str(scripts / 'run.sh')], capture_output=True, text=True, timeout=60,
-                          env={'PATH': '/usr/bin:/bin', 'OUT': str(tmp_path / 'out')})
-    assert proc.returncode == 2
-    lines = proc.stdout.strip().splitlines()
-    assert len(lines) == 1 and 'build_bundle.sh' in lines[0], proc.stdout + proc.stderr
+                          env={'PATH': '/usr/bin:/bin', 'OUT': str(tmp_path / 'out'), **env})
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    return proc.stdout.strip().splitlines()
+
+
+def test_run_without_its_bundle_says_how_to_build_it(tmp_path):
+    lines = run_copy(tmp_path, bundle=False)
+    assert len(lines) == 1 and 'build_bundle.sh' in lines[0], lines
 
 
 def test_run_with_another_python_says_the_wheels_are_cp312(tmp_path):
-    scripts = tmp_path / 'bench' / 'device'
-    scripts.mkdir(parents=True)
-    (scripts / 'run.sh').write_text((DEVICE / 'run.sh').read_text())
-    (tmp_path / 'build' / 'device' / 'bundle' / 'whl').mkdir(parents=True)
-    proc = subprocess.run(['bash', str(scripts / 'run.sh')], capture_output=True, text=True, timeout=60,
-                          env={'PATH': '/usr/bin:/bin', 'OUT': str(tmp_path / 'out'), 'PY': sys.executable})
-    assert proc.returncode == 2
-    lines = proc.stdout.strip().splitlines()
-    assert len(lines) == 1 and 'not Python 3.12' in lines[0] and 'cp312' in lines[0], proc.stdout + proc.stderr
+    lines = run_copy(tmp_path, bundle=True, PY=sys.executable)
+    assert len(lines) == 1 and 'not Python 3.12' in lines[0] and 'cp312' in lines[0], lines

@@ -890,8 +890,7 @@ class FrameSubscription:
             if self._stop.is_set():
                 break
             if not events:
-                if not self._still_wanted():
-                    self.destroy()
+                if self._destroyed_as_unwanted():
                     return
                 continue
             while True:
@@ -937,8 +936,7 @@ class FrameSubscription:
                 return True
             self._iox_wake.wait(IOX_POLL_S)
             self._iox_wake.clear()
-            if not self._still_wanted():
-                self.destroy()
+            if self._destroyed_as_unwanted():
                 return False
         return False
 
@@ -956,8 +954,7 @@ class FrameSubscription:
             if self._stop.is_set():
                 return
             if not woken:
-                if not self._still_wanted():
-                    self.destroy()
+                if self._destroyed_as_unwanted():
                     return
                 continue
             woken_ns = time.monotonic_ns()
@@ -977,6 +974,14 @@ class FrameSubscription:
                 self._wake()
             else:
                 self._dispatch_pending()
+
+    def _destroyed_as_unwanted(self) -> bool:
+        """After an idle wait in one of this subscription's threads: destroy it when its node dropped it or the
+        context ended (nobody called destroy()); True then, and the thread ends."""
+        if self._still_wanted():
+            return False
+        self.destroy()
+        return True
 
     def _still_wanted(self) -> bool:
         try:

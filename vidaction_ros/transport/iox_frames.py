@@ -20,6 +20,7 @@ from __future__ import annotations
 import atexit
 import collections
 import ctypes
+import functools
 import gc
 import os
 import struct
@@ -100,15 +101,13 @@ def service_name(topic: str, domain: str | int = '') -> str:
 
 _NODE = None
 _NODE_LOCK = threading.Lock()
-_QUIET = []
 
 
+@functools.cache
 def _quiet() -> None:
     """iceoryx2 announces "No config file was loaded" at Info on every start: quiet unless IOX2_LOG_LEVEL asks
-    otherwise (once per process)."""
-    if not _QUIET:
-        iox.set_log_level_from_env_or(iox.LogLevel.Error)
-        _QUIET.append(True)
+    otherwise (once per process: cached)."""
+    iox.set_log_level_from_env_or(iox.LogLevel.Error)
 
 
 def _node():
