@@ -20,10 +20,13 @@ KEYS = ('minutes', 'window_s', 'rss_mb_start', 'rss_mb_end', 'fds_start', 'fds_e
 
 def test_short_soak_reports_flat_resources_and_leaves_no_shm(tmp_path, video_path):
     out = tmp_path / 'soak.json'
+    # A ROS domain of its own: the soak counts what its pipeline leaves in /dev/shm, and a consumer another test
+    # of this process left in the suite's domain would hold the camera's iceoryx2 service past the stop.
+    domain = str(int(os.environ.get('ROS_DOMAIN_ID', '0')) % 100 + 101)
     proc = subprocess.run([sys.executable, str(SCRIPT), '--minutes', '0.5', '--overload-s', '10',
                            '--source', video_path, '--json', str(out)],
-                          cwd=tempfile.gettempdir(), env=dict(os.environ), capture_output=True, text=True,
-                          timeout=600)
+                          cwd=tempfile.gettempdir(), env=dict(os.environ, ROS_DOMAIN_ID=domain),
+                          capture_output=True, text=True, timeout=600)
     report = proc.stdout + proc.stderr
     assert out.is_file(), report[-4000:]
     result = json.loads(out.read_text())
