@@ -84,11 +84,20 @@ def process_sample(pids: list[int]) -> dict:
             'shm': len(shm), 'shm_names': sorted(shm)}
 
 
+def is_iox_frame_data(name: str) -> bool:
+    """An iceoryx2 publisher's sample pool (iox2_<hash>_<id>__<n>.data; not its __mgmt.data)."""
+    return name.startswith('iox2_') and name.endswith('.data') and not name.endswith('mgmt.data')
+
+
 def ring_segments(pids) -> list[str]:
-    """The frame rings of this pipeline in /dev/shm (their names carry the camera's pid)."""
+    """The frame memory of this pipeline in /dev/shm: the shm transport's rings (their names carry the camera's
+    pid) and the iox transport's sample pools that its processes map."""
     tags = {f'_{pid}_' for pid in pids}
     try:
         entries = os.listdir(SHM_DIR)
     except OSError:
         return []
-    return sorted(e for e in entries if e.lstrip('.').startswith(RING_PREFIX) and any(t in e for t in tags))
+    rings = {e for e in entries if e.lstrip('.').startswith(RING_PREFIX) and any(t in e for t in tags)}
+    for pid in pids:
+        rings |= {n for n in shm_mapped(pid) if is_iox_frame_data(n)}
+    return sorted(rings)

@@ -33,7 +33,7 @@ def print_soak(out, args, soak: dict, s: dict, window_s: float, sample_s: float,
               f" first sample {s['rss_mb_first_sample']:.1f}, max {s['rss_mb_max']:.1f})\n")
     out.write(f"  fds {s['fds_start']} -> {s['fds_end']} (min {s['fds_min']} max {s['fds_max']}); threads "
               f"{s['threads_start']} -> {s['threads_end']}; shm segments mapped {s['shm_start']} -> "
-              f"{s['shm_end']}, frame rings {s['rings_start']} -> {s['rings_end']}\n")
+              f"{s['shm_end']}, frame segments {s['rings_start']} -> {s['rings_end']}\n")
     out.write(f"  stop: exit code {soak['exit_code']}, /dev/shm leftovers {soak['shm_leftovers'] or 'none'}\n")
 
 

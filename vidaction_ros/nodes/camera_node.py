@@ -55,10 +55,10 @@ PARAMS = [
     Param('gate_threshold', 2.0, 'scene-change gate: mean absolute grey difference (0-255) that counts as a '
           'change', 0.0, 255.0),
     Param('gate_max_skip_s', 1.0, 'publish a keyframe at least this often even if nothing changed', 0.01, 3600.0),
-    Param('transport', 'shm', 'frame transport: inproc (composed, by reference), shm (shared-memory ring, '
-          'processes on one host), iox (Eclipse iceoryx2 shared-memory samples: processes on one host, no DDS on '
-          'the hot path), cuda (frames uploaded once to GPU memory shared by CUDA IPC: a GPU '
-          'embedder in another process reads them in place) or image (pixels in the message: other hosts, '
+    Param('transport', 'iox', 'frame transport: inproc (composed, by reference), iox (Eclipse iceoryx2 '
+          'shared-memory samples: processes on one host, no DDS on the hot path; default), shm (the project\'s '
+          'own shared-memory ring, processes on one host; to be removed), cuda (frames uploaded once to GPU '
+          'memory shared by CUDA IPC: a GPU embedder in another process reads them in place) or image (pixels in the message: other hosts, '
           'or interop)',
           choices=MODES),
     Param('interop_image_topic', '', 'also publish sensor_msgs/Image here for rviz/rqt/bags ("" = off)'),
