@@ -12,15 +12,15 @@ queue and counted (embedder `dropped`, /diagnostics).
 Soak phase: the clock starts at the first Action. Every --sample-s (10 s; at most 1/6 of a short run) the
 pipeline's processes (the pipeline process and its descendants, found through /proc) are sampled: RSS sum,
 open fds (/proc/PID/fd), threads, and shared-memory segments (distinct /dev/shm files they map: the frame
-ring and the DDS shared-memory transport's segments); latency is Action.capture_to_decide_ms of every Action
-this script's own rclpy node receives (watchdog failsafes are counted, not timed).
+iceoryx2 sample pools and the DDS shared-memory transport's segments); latency is Action.capture_to_decide_ms
+of every Action this script's own rclpy node receives (watchdog failsafes are counted, not timed).
 
   window_s   min(60, duration / 3): "first/last minute" below are the first/last window_s of the soak
              (first/last third of a run shorter than 3 minutes). The first window is also the warm-up:
              rss_mb_start, fds_start and shm_start are taken from the first sample at or after it.
   targets    RSS growth after warm-up < 5 %; fds and shm segments flat (end == start); p99 of the last
              window <= 1.2 x p99 of the first (one-sided: a faster end is fine); no shm left after stop
-             (the pipeline's ring, and every DDS segment its processes mapped that this script does not map
+             (the pipeline's iceoryx2 pools, and every DDS segment its processes mapped that this script does not map
              itself; Fast DDS's per-domain port mailboxes fastrtps_port<N> persist by design and are only
              listed, as dds_port_segments_left); pipeline exit code 0 after SIGINT.
 

@@ -1,11 +1,10 @@
 """Process metrics of the pipeline from /proc: its process tree, RSS, fds, threads, mapped /dev/shm files and
-frame rings."""
+frame memory (iceoryx2 sample pools)."""
 from __future__ import annotations
 
 import os
 
 SHM_DIR = '/dev/shm'
-RING_PREFIX = 'vidaction'          # transport.FrameSender: ring_name('vidaction', node name) + '_<pid>_<n>'
 DDS_PORT_PREFIX = 'fastrtps_port'  # Fast DDS shared-memory port mailboxes: shared per domain, persistent
 
 
@@ -90,14 +89,8 @@ def is_iox_frame_data(name: str) -> bool:
 
 
 def ring_segments(pids) -> list[str]:
-    """The frame memory of this pipeline in /dev/shm: the shm transport's rings (their names carry the camera's
-    pid) and the iox transport's sample pools that its processes map."""
-    tags = {f'_{pid}_' for pid in pids}
-    try:
-        entries = os.listdir(SHM_DIR)
-    except OSError:
-        return []
-    rings = {e for e in entries if e.lstrip('.').startswith(RING_PREFIX) and any(t in e for t in tags)}
+    """The frame memory of this pipeline in /dev/shm: the iceoryx2 sample pools its processes map."""
+    rings: set[str] = set()
     for pid in pids:
         rings |= {n for n in shm_mapped(pid) if is_iox_frame_data(n)}
     return sorted(rings)

@@ -4,7 +4,6 @@ import os
 import subprocess
 import tempfile
 import time
-from pathlib import Path
 
 import pytest
 import rclpy
@@ -82,25 +81,26 @@ class FrameCounter:
         return self._spin(lambda: sum(p > t for p in self.published) >= count, timeout)
 
 
-def shm_rings(pid):
-    """This process's frame rings. Rings are named vidaction_<node>_<pid>_<n>: other pipelines running on the
-    machine have their own, and a starting camera reclaims stale ones of dead processes, so only the camera
-    under test's are counted."""
-    return {p.name for p in Path('/dev/shm').glob(f'vidaction_camera_{pid}_*')}
+def frame_service() -> bool:
+    """Whether the camera's iceoryx2 frame service exists (this run's ROS domain has its own services)."""
+    from vidaction_ros.transport import iox_frames
+    return iox_frames.service_exists(iox_frames.service_name('/camera/frame'))
 
 
 def test_camera_states_hold_what_they_should(ros, tmp_path, video_path):
     log = open(tmp_path / 'camera.log', 'w')
     camera = start('camera_node', 'camera', {'autostart': False, 'source': video_path, 'loop': True,
-                                             'transport': 'shm', 'gate_enabled': False}, log)
+                                             'transport': 'iox', 'gate_enabled': False}, log)
+    from vidaction_ros.transport import iox_refs
+    iox_refs.close_observers()       # an earlier test's observer in this process would keep the service
     try:
         counter = FrameCounter(ros)
         assert ros.state_of('camera', timeout=60) == 'unconfigured'
-        assert ros.count_publishers('camera/frame') == 0 and not shm_rings(camera.pid)   # holds nothing yet
+        assert ros.count_publishers('camera/frame') == 0 and not frame_service()          # holds nothing yet
 
         assert ros.transition('camera', Transition.TRANSITION_CONFIGURE, 'configure')
         assert ros.state_of('camera') == 'inactive'
-        assert len(shm_rings(camera.pid)) == 1                                    # ring allocated
+        assert frame_service()                                                    # samples allocated
         assert counter.frames_within(2.0) == 0                                    # but nothing flows
 
         asked = time.time()
@@ -120,7 +120,7 @@ def test_camera_states_hold_what_they_should(ros, tmp_path, video_path):
 
         assert ros.transition('camera', Transition.TRANSITION_CLEANUP, 'cleanup')
         assert ros.state_of('camera') == 'unconfigured'
-        assert not shm_rings(camera.pid)                                           # ring released
+        wait_until(lambda: not frame_service(), 30, 'the frame service outlived cleanup by 30 s')   # released
         wait_until(lambda: ros.count_publishers('camera/frame') == 0, 30,          # publisher destroyed
                    'the camera/frame publisher is still in the graph 30 s after cleanup')
     finally:

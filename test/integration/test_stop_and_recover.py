@@ -75,7 +75,8 @@ def assert_quiet(text: str) -> None:
 
 
 def vidaction_shm() -> set[str]:
-    return {n for n in os.listdir('/dev/shm') if n.startswith('vidaction')}
+    """Shared memory of this project's and of iceoryx2's (the frame samples, the nodes' and ports' records)."""
+    return {n for n in os.listdir('/dev/shm') if n.startswith(('vidaction', 'iox2_'))}
 
 
 @pytest.fixture

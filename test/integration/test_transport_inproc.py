@@ -62,7 +62,7 @@ def test_frame_reaches_the_consumer(mode):
 class Composed:
     """A producer node and a consumer node in one context, the consumer spinning on its own thread."""
 
-    def __init__(self, mode: str, dispatch: str = 'thread', doorbell: bool = True):
+    def __init__(self, mode: str, dispatch: str = 'thread', direct: bool = True):
         from vidaction_ros.transport.frame_transport import FrameSubscription
         self.context = rclpy.Context()
         rclpy.init(context=self.context)
@@ -71,15 +71,18 @@ class Composed:
         self.received, self.changed = [], threading.Condition()
         self.observed = []
         self.frames = FrameSubscription(self.consumer, 'camera/frame', self._on_frame, qos.FRAME_LOCKSTEP,
-                                        dispatch=dispatch, doorbell=doorbell)
+                                        dispatch=dispatch, direct=direct)
         self.consumer.create_subscription(FrameRef, 'camera/frame', self._on_observed, qos.FRAME_LOCKSTEP)
-        self.sender = FrameSender(self.producer, mode, lockstep=True, max_frame=(64, 48), doorbell=doorbell)
+        self.sender = FrameSender(self.producer, mode, lockstep=True, max_frame=(64, 48), direct=direct)
         self.executor = SingleThreadedExecutor(context=self.context)
         self.executor.add_node(self.consumer)
         self.spinner = threading.Thread(target=self.executor.spin, daemon=True)
         self.spinner.start()
         wait_until(lambda: self.sender.publisher.get_subscription_count() >= 2, 30,   # discovery: both matches
                    lambda: f'the sender matched {self.sender.publisher.get_subscription_count()} of 2 subscriptions')
+        if mode == 'iox' and self.frames._direct:       # the reader opens once the camera made its service
+            wait_until(lambda: self.sender.iox.subscribers() >= 1, 30,
+                       lambda: f'iceoryx2 reader still {self.frames.iox_state} after 30 s')
 
     def _on_frame(self, msg):
         with self.changed:
@@ -111,7 +114,7 @@ def image_of(seq: int) -> np.ndarray:
 
 
 @pytest.mark.parametrize('dispatch', ['thread', 'executor', 'inline'])
-@pytest.mark.parametrize('mode', ['inproc', 'shm'])
+@pytest.mark.parametrize('mode', ['inproc', 'iox'])
 def test_frame_subscription_gets_each_frame_once_handed_over_directly(mode, dispatch):
     import cv2
     run = Composed(mode, dispatch)
@@ -129,6 +132,8 @@ def test_frame_subscription_gets_each_frame_once_handed_over_directly(mode, disp
             else:
                 sent.append(image_of(seq))
                 run.sender.send(msg, sent[-1])
+            if mode == 'iox':       # iceoryx2 keeps the newest frame only (counted drops): one at a time
+                assert run.wait(lambda: len(run.received) > seq), f'frame {seq}: {run.frames.stats()}'
         assert run.wait(lambda: len(run.received) >= 6 and len(run.observed) >= 6)
         assert [m.sequence for m, _, _ in run.received] == list(range(6))            # each once, in order
         for (msg, frame, _), image in zip(run.received, sent):
@@ -137,13 +142,17 @@ def test_frame_subscription_gets_each_frame_once_handed_over_directly(mode, disp
                 assert frame is image                                              # by reference, still
         assert sorted(run.observed) == list(range(6))                             # DDS carried them all too
         counts = run.frames.counts
-        assert counts['local'] == 6 and counts['dds'] == 0 and counts['bell'] == 0   # handed over first
-        wait_until(lambda: counts['duplicates'] >= 6, 30, lambda: f'DDS copies not all seen in 30 s: {counts}')
-        assert counts['duplicates'] == 6 and len(run.received) == 6                # DDS copies dropped
+        if mode == 'iox':                                 # woken by iceoryx2; DDS copies never dispatched
+            assert counts['iox'] == 6 and counts['dds'] == 0 and counts['local'] == 0, counts
+        else:
+            assert counts['local'] == 6 and counts['dds'] == 0 and counts['iox'] == 0   # handed over first
+            wait_until(lambda: counts['duplicates'] >= 6, 30, lambda: f'DDS copies not all seen in 30 s: {counts}')
+            assert counts['duplicates'] == 6                                       # DDS copies dropped
+        assert len(run.received) == 6
         threads = {thread for _, _, thread in run.received}
         if dispatch == 'executor':
             assert threads == {run.spinner}                                         # in the node's executor
-        elif dispatch == 'inline':
+        elif dispatch == 'inline' and mode == 'inproc':
             assert threads == {threading.current_thread()}                          # the sender's own thread
         else:
             assert len(threads) == 1 and run.spinner not in threads                # the subscription's thread
@@ -185,7 +194,7 @@ def test_executor_dispatch_gives_the_executor_back_between_frames():
         run.close()
 
 
-@pytest.mark.parametrize('mode', ['inproc', 'shm', 'image'])
+@pytest.mark.parametrize('mode', ['inproc', 'iox', 'image'])
 def test_a_loan_abandoned_by_an_exception_publishes_nothing(mode):
     run = Composed(mode)
     try:
@@ -206,24 +215,24 @@ def test_a_loan_abandoned_by_an_exception_publishes_nothing(mode):
         # published would have come before frame 1 on it: no settling time needed.
         assert run.wait(lambda: any(m.sequence == 1 for m, _, _ in run.received) and 1 in run.observed)
         copies = 2 if run.sender.counts['local'] else 1
-        wait_until(lambda: sum(run.frames.counts[k] for k in ('local', 'bell', 'dds', 'duplicates')) >= copies,
+        wait_until(lambda: sum(run.frames.counts[k] for k in ('local', 'iox', 'dds', 'duplicates')) >= copies,
                    30, lambda: f'not every copy of frame 1 seen in 30 s: {run.frames.counts}')
         assert [m.sequence for m, _, _ in run.received] == [1] and run.observed == [1]
         assert np.array_equal(run.received[0][1], image_of(1))
         assert run.sender.stats()['abandoned'] == 1 and run.sender.stats()['sent'] == 1
-        if mode == 'shm':
-            assert msg.generation == 1                                              # the number was reused
+        if mode == 'iox':
+            assert msg.generation == 1 and run.sender.stats()['iox_abandoned'] == 1  # the sample went back
         with pytest.raises(ValueError, match='not the outstanding loan'):
             run.sender.send_loaned(FrameRef(), np.zeros((48, 64, 3), np.uint8))    # an array of one's own
     finally:
         run.close()
 
 
-def test_doorbell_off_is_plain_dds(monkeypatch):
-    monkeypatch.setenv('VIDACTION_DOORBELL', 'off')
-    run = Composed('shm')
+def test_direct_delivery_off_is_plain_dds(monkeypatch):
+    monkeypatch.setenv('VIDACTION_DIRECT', 'off')
+    run = Composed('inproc')
     try:
-        assert run.sender.bell is None and run.frames.bell is None
+        assert not run.sender.direct and run.frames.iox_state == 'off'
         for seq in range(3):
             msg = FrameRef()
             msg.sequence = seq
@@ -235,25 +244,44 @@ def test_doorbell_off_is_plain_dds(monkeypatch):
         run.close()
 
 
-def test_the_doorbell_copy_of_a_frame_ref_equals_the_dds_copy():
-    """The doorbell carries FrameRefs in a flat layout (cheaper than CDR); decoded, they are equal to what
-    DDS delivers, also into a message built ahead of time; pixels inline or another layout fall back."""
+def test_a_private_copy_of_a_frame_ref_equals_the_dds_copy():
+    """In-process subscribers get their own FrameRef through the copier (cheaper than a CDR round trip); it
+    equals what DDS delivers, also into a message built ahead of time; pixels inline go through CDR."""
     from rclpy.serialization import deserialize_message, serialize_message
 
-    from vidaction_ros.transport.frame_transport import _CODEC
+    from vidaction_ros.transport.frame_transport import _COPIER
     msg = FrameRef()
     msg.header.stamp.sec, msg.header.stamp.nanosec, msg.header.frame_id = 1_700_000_000, 999_999_999, 'cam'
-    msg.sequence, msg.transport, msg.store, msg.slot, msg.generation = 2**63 + 5, 'shm', 'vidaction_cam_1_0', 3, 99
+    msg.sequence, msg.transport, msg.store, msg.slot, msg.generation = 2**63 + 5, 'inproc', 'cam#1#0', 3, 99
     msg.width, msg.height, msg.encoding, msg.source_width, msg.source_height = 1920, 1080, 'bgr8', 3840, 2160
-    msg.scene_change, msg.keyframe = 0.1, True
+    msg.scene_change, msg.keyframe = 0.5, True                              # exact in float32, as DDS sends it
     msg.times.captured.sec, msg.times.published.nanosec = 5, 7
     dds = deserialize_message(serialize_message(msg), FrameRef)             # what a DDS subscriber gets
-    flat = _CODEC.encode(msg)
-    assert flat[0] == _CODEC.FLAT and len(flat) < len(serialize_message(msg))
-    assert _CODEC.decode(flat) == dds and _CODEC.decode(flat, FrameRef()) == dds
-    assert _CODEC.decode(flat) is not msg
+    snapshot = _COPIER.snapshot(msg)
+    assert _COPIER.copy(msg) == dds and _COPIER.copy(msg, snapshot, FrameRef()) == dds
+    assert _COPIER.copy(msg) is not msg
+    msg.sequence = 1
+    assert _COPIER.copy(msg, snapshot) == dds                                 # as it was when snapshotted
     inline = FrameRef()
     inline.image.data = b'pixels'                                             # transport "image": CDR
-    assert _CODEC.encode(inline)[0] == _CODEC.CDR and _CODEC.decode(_CODEC.encode(inline)) == inline
-    other_build = bytes([_CODEC.FLAT]) + (_CODEC.crc ^ 1).to_bytes(4, 'little') + flat[5:]
-    assert _CODEC.decode(other_build) is None and _CODEC.decode(flat[:3]) is None
+    assert _COPIER.snapshot(inline) is None and _COPIER.copy(inline) == inline
+
+
+def test_a_consumer_of_an_image_camera_holds_nothing_of_iceoryx2():
+    # Its reader waits for a camera's iceoryx2 service, which an image (or inproc) camera never makes: no
+    # iceoryx2 node, no subscriber slot taken, however many consumers come and go.
+    from vidaction_ros.transport import iox_frames
+    if not iox_frames.available():
+        pytest.skip('iceoryx2 is not installed')
+    run = Composed('image')
+    try:
+        service = iox_frames.service_name(run.frames.topic, run.context.get_domain_id())
+        for seq in range(3):
+            msg = FrameRef()
+            msg.sequence = seq
+            run.sender.send(msg, image_of(seq))
+        assert run.wait(lambda: len(run.received) >= 3)
+        assert run.frames.counts['dds'] == 3 and run.frames.iox_state == 'waiting' and run.frames.iox is None
+        assert not iox_frames.service_exists(service)
+    finally:
+        run.close()

@@ -461,7 +461,7 @@ ROWS = [
         RuntimeError, r'export: image_encoder\.onnx is missing'),
     # parameters
     Row('param-bad-choice', lambda env: _param_case(env, {'transport': 'udp'}),
-        ValueError, r"parameter 'transport': must be one of \[.*'shm'.*\], got 'udp'"),
+        ValueError, r"parameter 'transport': must be one of \[.*'iox'.*\], got 'udp'"),
     Row('param-out-of-range', lambda env: _param_case(env, {'rate_hz': 500.0}),
         ValueError, r"parameter 'rate_hz': .*500\.0.*Max: 240\.0"),
     Row('param-wrong-type', lambda env: _param_case(env, {'max_width': '640px'}),

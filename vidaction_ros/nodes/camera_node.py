@@ -56,10 +56,9 @@ PARAMS = [
           'change', 0.0, 255.0),
     Param('gate_max_skip_s', 1.0, 'publish a keyframe at least this often even if nothing changed', 0.01, 3600.0),
     Param('transport', 'iox', 'frame transport: inproc (composed, by reference), iox (Eclipse iceoryx2 '
-          'shared-memory samples: processes on one host, no DDS on the hot path; default), shm (the project\'s '
-          'own shared-memory ring, processes on one host; to be removed), cuda (frames uploaded once to GPU '
-          'memory shared by CUDA IPC: a GPU embedder in another process reads them in place) or image (pixels in the message: other hosts, '
-          'or interop)',
+          'shared-memory samples: processes on one host, no DDS on the hot path; default), cuda (frames uploaded '
+          'once to GPU memory shared by CUDA IPC, named by iceoryx2 samples: a GPU embedder in another process '
+          'reads them in place) or image (pixels in the message: other hosts, or interop)',
           choices=MODES),
     Param('interop_image_topic', '', 'also publish sensor_msgs/Image here for rviz/rqt/bags ("" = off)'),
     Param('frame_id', 'camera', 'frame_id of published headers'),
@@ -307,7 +306,7 @@ class CameraNode(ManagedNode):
         self.counts['captured'] += 1
         if not self._rate_allows(stamp_s):      # before the resize: skipped frames cost no pixel work
             return
-        # Downscale straight into the transport's buffer (the shm ring slot itself; in composed mode the
+        # Downscale straight into the transport's buffer (the iceoryx2 sample itself; in composed mode the
         # array the embedder will get): the working-size frame is written once and never copied.
         source_h, source_w = image.shape[:2]
         width, height = working_size(source_w, source_h, self.p['max_width'], self.p['max_height'])

@@ -51,10 +51,9 @@ PARAMS = BACKEND_PARAMS + [
     Param('cuda_graph', True, 'torch_cuda: replay the image encoder from CUDA graphs (the batch sizes live '
           'frames need, 1 and 1 + policy regions, captured at configure; any other the second time it occurs); '
           'false = eager'),
-    Param('borrow_frames', False, 'shm transport: embed the ring slot in place instead of a private copy; a '
-          'frame the camera overwrote meanwhile is discarded (lost). Pays off when embedding is much shorter '
-          'than ring slots x frame period (GPU backends); the copy (~0.1 ms at 640x480) wastes no embedding '
-          'under overload. Composed mode is by reference either way'),
+    Param('borrow_frames', False, 'iox / cuda transports: embed the frame in place (the iceoryx2 sample, the '
+          'device buffer: held, so never rewritten, until the callback returns) instead of a private copy (~0.1 ms '
+          'at 640x480). Composed mode is by reference either way'),
     Param('frame_dispatch', 'thread', 'where the frame callback runs: thread (its own, at once), inline (composed '
           'mode: on the camera\'s publishing thread, the lowest latency; the camera waits for the embedding, '
           'its capture stays newest-wins) or executor (this node\'s executor, ~0.4 ms later)',
@@ -105,8 +104,8 @@ class EmbedderNode(ManagedNode):
         self._last_sequence = None
         self.publisher = self.own(intra_process.publisher(self, Embedding, 'embedding', qos.EMBEDDING,
                                                           self.p['intra_process']))
-        # Frames from a camera in this process are handed over directly, from a camera in another process by
-        # its shared-memory ring's doorbell, else by the FrameRef on DDS (whichever comes first, once each).
+        # Frames from a camera in this process are handed over directly, from an iox / cuda camera by iceoryx2,
+        # else by the FrameRef on DDS (once each).
         # Default 'thread' dispatch: the callback runs on the subscription's own thread as soon as the frame is
         # there (through the executor's guard condition costs ~0.4 ms more per frame on 2 cores:
         # bench/transport.py --dispatch executor); this node's executor keeps only timers and lifecycle
@@ -135,14 +134,11 @@ class EmbedderNode(ManagedNode):
         times.embed_start = to_time(time.time())
         try:
             if self.p['borrow_frames']:
-                # The ring slot itself, checked intact when the block ends: a slot the camera overwrote
-                # meanwhile raises FrameLost and the result is dropped (the embedding time is lost with it).
+                # The sample itself, held by this process until the callback returns: the camera cannot rewrite it.
                 with borrow(ref) as image:
                     result = self.backend.embed_images([self._for_backend(image)], self.regions)[0]
             else:
-                # Composed: the camera's very array (no copy). shm: one validated copy out of the ring, so no
-                # embedding is wasted on a frame overwritten under it (a 90 fps camera and an 8-slot ring
-                # reuse a slot every 89 ms, within a CPU embedding).
+                # Composed: the camera's very array (no copy). iox: a private copy of the sample.
                 result = self.backend.embed_images([self._for_backend(resolve(ref))], self.regions)[0]
         except FrameLost as err:
             self.counts['lost'] += 1
@@ -186,7 +182,7 @@ class EmbedderNode(ManagedNode):
                 'backend': backend.name if backend else self.p['backend'],
                 'model': backend.model_id if backend else '', 'dim': backend.dim if backend else 0,
                 'device': backend.device if backend else '', 'regions': len(self.regions)}
-        if self.frames is not None:    # how frames arrive: 'local' (composed), 'bell' (shm doorbell), 'dds'
+        if self.frames is not None:    # how frames arrive: 'local' (composed), 'iox', 'dds'
             info['frames_via'] = ' '.join(f'{k}={v}' for k, v in self.frames.counts.items() if v)
         latency = {f'embed_{k}': v for k, v in self.latency.summary().items()}
         return health(self.counts, self._rates.rates(self.counts, time.monotonic()), latency, info)

@@ -1,10 +1,10 @@
 """Transport: moving frames between nodes without copying them.
 
 Owns the node-facing sender and subscription (`frame_transport`: the FrameRef topic, in-process hand-over,
-dispatch threads, the DDS fallback and its message codec), the in-process frame store (`frame_store`), the
-POSIX shared-memory ring (`shm_ring`) and its doorbell (`shm_doorbell`), frames through Eclipse iceoryx2
-(`iox_frames`: pure; `iox_refs`: their FrameRefs), and frames on the GPU shared by CUDA IPC (`cuda_ipc`,
-`cuda_frames`).
+dispatch threads, the DDS fallback), the in-process frame store (`frame_store`), frames across processes
+through Eclipse iceoryx2 (`iox_frames`: pure; `iox_refs`: their FrameRefs), frames on the GPU shared by CUDA
+IPC and named by iceoryx2 samples (`cuda_ipc`, `cuda_frames`), and Embedding / MemoryContext handed over by
+reference in composed mode (`intra_process`).
 
 Only `frame_transport` and `iox_refs` import rclpy or the messages; every other module here is a pure core (numpy,
 the standard library, torch only where CUDA is asked for) that a GPU machine without ROS can import.

@@ -1,56 +1,77 @@
-"""Frames on the GPU shared between processes: CUDA IPC device buffers behind a shared-memory control ring.
+"""Frames on the GPU shared between processes: CUDA IPC device buffers named by iceoryx2 samples.
 
-A CUDA frame ring is `slots` device buffers, each big enough for the camera's largest frame, allocated and
-shared once (CUDA IPC through vidaction_ros.transport.cuda_ipc), plus a small POSIX shared-memory ring
-(vidaction_ros.transport.shm_ring) whose slot i holds buffer i's IPC handle and the shape of the frame in it.
-The control ring brings what the host ring has: a generation counter and a seqlock per slot (a reader learns that a slot
-was overwritten under it), owner-only permissions, the stale segment of a SIGKILLed camera reclaimed, the
-doorbell. The pixels never leave the GPU: the writer copies a host frame up once (or a device frame across,
-device to device), and a reader in another process maps the same device memory: no host round trip.
+The camera keeps one device buffer per chunk of its iceoryx2 sample pool (keyed by the chunk's address, made
+and shared by CUDA IPC the first time the pool lends that chunk: iceoryx2 reuses freed chunks first, so a
+handful exist). To send a frame it loans a small control sample (iox_frames.IoxFramePublisher.loan_control),
+copies the pixels into that chunk's device buffer (a host frame up once, a device frame device to device),
+waits for the copy, and writes the buffer's IPC handle and the frame's shape into the sample. A consumer holds
+the sample while it reads the buffer; iceoryx2 never lends a held chunk again, so the camera never writes a
+buffer being read: no seqlock, no torn frame, nothing lost while reading, by construction (the same argument
+as for host frames in iox_frames). A consumer maps each handle once (cached) and the pixels never leave the GPU.
 
-GPU work is asynchronous: a reader's kernels may still be reading a slot after its Python code has moved on,
-so view() and read() synchronise the reader's stream before they check the seqlock; only then does "not
-overwritten" hold. The writer synchronises its stream before committing, so a committed slot is complete
-for every stream of every process.
+GPU work is asynchronous: a consumer's kernels may still be reading after its Python code moved on, so
+`DeviceFrames.view` synchronises the consumer's stream before the caller releases the sample. The writer
+synchronises its stream before sending, so a sent frame is complete for every stream of every process.
 
-Lifetime: the buffers live as long as the writer. A reader maps each slot once (cached by handle) and never
-touches a dead writer's mapping again: the control ring reports WriterGone first (and a restarted camera's
-new handles replace the cached ones). torch's IPC reference counting assumes one consumer per share(); the
-writer keeps its buffers until close(), so that count never frees memory a reader still maps while the
-camera runs.
+Lifetime: the buffers live as long as the writer. torch's IPC reference counting assumes one consumer per
+share(); the writer keeps its buffers until close(), so that count never frees memory a consumer still maps
+while the camera runs.
 
-No ROS import: this runs, and its test runs, on a GPU machine with torch but without ROS. Without torch or
-CUDA, constructing either end raises RuntimeError saying so.
+No ROS import. CUDA is reached only through `Device` (torch + cuda_ipc), which tests without a GPU replace
+with host tensors; without torch or CUDA the real one raises RuntimeError saying so.
 """
 from __future__ import annotations
 
+import collections
 import struct
 import warnings
-from contextlib import contextmanager
 
 import numpy as np
 
 from . import cuda_ipc
 from .frame_store import FrameLost
-from .shm_ring import ShmRingReader, ShmRingWriter
 
-PAYLOAD_BYTES = 4096                          # per control slot: header + one IPC handle (~0.7 KB)
+CONTROL_BYTES = 4096                          # per control sample: header + one IPC handle (~0.7 KB)
 _HEAD = struct.Struct('<4sIIII')              # magic, height, width, channels, handle length
-_MAGIC = b'VCF1'
+_MAGIC = b'VCF2'
+MAX_MAPPED = 64                               # handles a consumer keeps mapped (a camera restart brings new ones)
+
+
+class Device:
+    """What the CUDA frames need from CUDA: buffers, IPC handles, stream synchronisation (torch + cuda_ipc)."""
+
+    def __init__(self, device: str = ''):
+        self.torch = torch = cuda_ipc._require_cuda()
+        self.device = torch.device(device) if device else torch.device('cuda', torch.cuda.current_device())
+        if self.device.type != 'cuda':
+            raise ValueError(f'CUDA frames need a cuda device, got {self.device}')
+
+    def empty(self, nbytes: int):
+        buffer = self.torch.empty(nbytes, dtype=self.torch.uint8, device=self.device)
+        self.torch.cuda.synchronize(self.device)
+        return buffer
+
+    def share(self, buffer) -> bytes:
+        return cuda_ipc.share(buffer)
+
+    def open(self, handle: bytes):
+        return cuda_ipc.open_shared(handle)
+
+    def synchronize(self, tensor) -> None:
+        self.torch.cuda.current_stream(tensor.device).synchronize()
 
 
 def _check_frame(frame, torch):
     """(source tensor, (h, w, c)) of a bgr8 HxWx3 uint8 frame: numpy on the host or a torch tensor."""
     if isinstance(frame, np.ndarray):
         if frame.dtype != np.uint8 or frame.ndim != 3 or frame.shape[2] != 3:
-            raise ValueError(f'CUDA frame ring holds HxWx3 uint8 (bgr8) frames, got {frame.dtype} {frame.shape}')
+            raise ValueError(f'CUDA frames are HxWx3 uint8 (bgr8), got {frame.dtype} {frame.shape}')
         with warnings.catch_warnings():       # read-only arrays (published frames): torch only reads them
             warnings.simplefilter('ignore', UserWarning)
             source = torch.from_numpy(np.ascontiguousarray(frame))
     elif isinstance(frame, torch.Tensor):
         if frame.dtype != torch.uint8 or frame.dim() != 3 or frame.shape[2] != 3:
-            raise ValueError(f'CUDA frame ring holds HxWx3 uint8 (bgr8) frames, got {frame.dtype} '
-                             f'{tuple(frame.shape)}')
+            raise ValueError(f'CUDA frames are HxWx3 uint8 (bgr8), got {frame.dtype} {tuple(frame.shape)}')
         source = frame
     else:
         raise ValueError(f'frame must be a numpy array or a torch tensor, got {type(frame).__name__}')
@@ -59,111 +80,89 @@ def _check_frame(frame, torch):
 
 
 class CudaFrameWriter:
-    """The camera's end. write(frame) -> (slot, generation) for the FrameRef, like ShmRingWriter.write."""
+    """The camera's end: fill(loan, frame) puts the frame in the device buffer of the loan's pool chunk and the
+    buffer's handle in the loan; the caller sends the loan."""
 
-    def __init__(self, name: str, slots: int = 4, max_bytes: int = 640 * 480 * 3, device: str = ''):
-        torch = cuda_ipc._require_cuda()
-        self._torch = torch
-        self.device = torch.device(device) if device else torch.device('cuda', torch.cuda.current_device())
-        if self.device.type != 'cuda':
-            raise ValueError(f'CUDA frame ring needs a cuda device, got {self.device}')
+    def __init__(self, max_bytes: int, device: Device | None = None):
+        self.device = device or Device()
         self.max_bytes = int(max_bytes)
-        self.buffers = [torch.empty(self.max_bytes, dtype=torch.uint8, device=self.device) for _ in range(slots)]
-        torch.cuda.synchronize(self.device)
-        self.handles = [cuda_ipc.share(buffer) for buffer in self.buffers]
-        longest = max(len(handle) for handle in self.handles)
-        if _HEAD.size + longest > PAYLOAD_BYTES:
-            raise RuntimeError(f'CUDA IPC handle of {longest} bytes does not fit a {PAYLOAD_BYTES}-byte control slot')
-        self.ring = ShmRingWriter(name, slots=slots, slot_bytes=PAYLOAD_BYTES)
-        self.name = self.ring.name
+        self.buffers: dict[int, tuple[object, bytes]] = {}     # pool chunk address -> (device buffer, handle)
 
-    def write(self, frame) -> tuple[int, int]:
-        torch = self._torch
-        source, (h, w, c) = _check_frame(frame, torch)
+    def _buffer(self, address: int):
+        entry = self.buffers.get(address)
+        if entry is None:
+            buffer = self.device.empty(self.max_bytes)
+            handle = self.device.share(buffer)
+            if _HEAD.size + len(handle) > CONTROL_BYTES:
+                raise RuntimeError(f'CUDA IPC handle of {len(handle)} bytes does not fit a {CONTROL_BYTES}-byte '
+                                   f'control sample')
+            entry = self.buffers[address] = (buffer, handle)
+        return entry
+
+    def fill(self, loan, frame) -> tuple[int, int, int]:
+        """Copy frame into the buffer of loan's chunk, wait for the copy, write the handle into loan.array.
+        Returns the frame's (h, w, c)."""
+        source, (h, w, c) = _check_frame(frame, self.device.torch)
         nbytes = h * w * c
         if nbytes > self.max_bytes:
             raise ValueError(f'frame {w}x{h}x{c} is {nbytes} bytes, larger than the {self.max_bytes}-byte device '
-                             f'slots of CUDA frame ring {self.name!r}; create it for the largest frame')
-        loan = self.ring.loan((1, PAYLOAD_BYTES))     # readers of this slot are told it is gone from here on
-        try:
-            self.buffers[loan.slot][:nbytes].view(h, w, c).copy_(source)
-            torch.cuda.current_stream(self.device).synchronize()    # complete for every stream, every process
-            handle = self.handles[loan.slot]
-            payload = loan.array[0]
-            payload[:_HEAD.size] = np.frombuffer(_HEAD.pack(_MAGIC, h, w, c, len(handle)), np.uint8)
-            payload[_HEAD.size:_HEAD.size + len(handle)] = np.frombuffer(handle, np.uint8)
-        except BaseException:
-            self.ring.abandon(loan)
-            raise
-        return self.ring.commit(loan)
-
-    def set_doorbell(self, path: str) -> None:
-        self.ring.set_doorbell(path)
+                             f'buffers; give the camera max_width / max_height of its largest frame')
+        buffer, handle = self._buffer(loan.address)
+        buffer[:nbytes].view(h, w, c).copy_(source)
+        self.device.synchronize(buffer)          # complete for every stream of every process before it is sent
+        control = loan.array
+        control[:_HEAD.size] = np.frombuffer(_HEAD.pack(_MAGIC, h, w, c, len(handle)), np.uint8)
+        control[_HEAD.size:_HEAD.size + len(handle)] = np.frombuffer(handle, np.uint8)
+        return h, w, c
 
     def close(self) -> None:
-        self.ring.close()          # readers see WriterGone before they could touch the buffers again
-        self.buffers = []
-
-    @property
-    def closed(self) -> bool:
-        return self.ring.closed
+        self.buffers = {}
 
 
-class CudaFrameReader:
-    """A consumer's end: view() (in place) and read() (a private device copy) of (slot, generation)."""
+class DeviceFrames:
+    """A consumer's end: the device tensor of a held control sample's frame, each handle mapped once."""
 
-    def __init__(self, name: str):
-        self._torch = cuda_ipc._require_cuda()
-        self.ring = ShmRingReader(name)
-        self.name = self.ring.name
-        self.inode = self.ring.inode
-        self._mapped: dict[int, tuple[bytes, object]] = {}    # slot -> (handle, flat device tensor)
+    def __init__(self, device: Device | None = None):
+        self.device = device or Device()
+        self._mapped: collections.OrderedDict[bytes, object] = collections.OrderedDict()
 
-    def is_open(self) -> bool:
-        return self.ring.is_open()
-
-    def writer_alive(self) -> bool:
-        return self.ring.writer_alive()
-
-    @property
-    def lost(self) -> int:
-        return self.ring.lost
-
-    def _frame(self, slot: int, payload: np.ndarray):
-        magic, h, w, c, length = _HEAD.unpack_from(payload[:_HEAD.size].tobytes())
-        if magic != _MAGIC or _HEAD.size + length > PAYLOAD_BYTES:
-            raise FrameLost(f'CUDA frame ring {self.name!r}: slot {slot} holds no frame handle')
-        handle = payload[_HEAD.size:_HEAD.size + length].tobytes()
-        mapped = self._mapped.get(slot)
-        if mapped is None or mapped[0] != handle:
+    def view(self, control: bytes, name: str = ''):
+        """The HxWx3 uint8 tensor in place (valid while the sample is held; synchronise() before release)."""
+        try:
+            magic, h, w, c, length = _HEAD.unpack_from(control)
+        except struct.error:
+            magic = None
+        if magic != _MAGIC or _HEAD.size + length > len(control):
+            raise FrameLost(f'CUDA frame of {name!r}: the sample holds no frame handle')
+        handle = control[_HEAD.size:_HEAD.size + length]
+        flat = self._mapped.get(handle)
+        if flat is None:
             try:
-                flat = cuda_ipc.open_shared(handle)
+                flat = self.device.open(handle)
             except (ValueError, RuntimeError) as err:
-                raise FrameLost(f'CUDA frame ring {self.name!r}: slot {slot} cannot be mapped: {err}') from None
-            self._mapped[slot] = mapped = (handle, flat)
-        flat = mapped[1]
+                raise FrameLost(f'CUDA frame of {name!r} cannot be mapped: {err}') from None
+            self._mapped[handle] = flat
+            if len(self._mapped) > MAX_MAPPED:
+                self._mapped.popitem(last=False)
+        else:
+            self._mapped.move_to_end(handle)
         if h * w * c > flat.numel():
-            raise FrameLost(f'CUDA frame ring {self.name!r}: slot {slot} says {w}x{h}x{c}, larger than its buffer')
+            raise FrameLost(f'CUDA frame of {name!r} says {w}x{h}x{c}, larger than its buffer')
         return flat[:h * w * c].view(h, w, c)
 
-    @contextmanager
-    def view(self, slot: int, generation: int):
-        """The frame in place on the GPU (HxWx3 uint8 tensor), validated when the block ends: FrameLost then
-        means the camera overwrote it meanwhile and what the block computed from it must be discarded.
-        The block's GPU work is waited for before that check. Do not keep the tensor past the block."""
-        with self.ring.view(slot, generation) as payload:
-            frame = self._frame(slot, payload[0])
-            try:
-                yield frame
-            finally:
-                self._torch.cuda.current_stream(frame.device).synchronize()
-
-    def read(self, slot: int, generation: int):
-        """A private copy of the frame on the same GPU (device to device), or FrameLost."""
-        with self.view(slot, generation) as frame:
-            out = frame.clone()
-        return out
+    def synchronize(self, tensor) -> None:
+        self.device.synchronize(tensor)
 
     def close(self) -> None:
         self._mapped.clear()
-        self.ring.close()
+
+
+_FRAMES: DeviceFrames | None = None
+
+
+def device_frames() -> DeviceFrames:
+    """This process's consumer end (RuntimeError when it has no CUDA: the caller turns it into FrameLost)."""
+    global _FRAMES
+    if _FRAMES is None:
+        _FRAMES = DeviceFrames()
+    return _FRAMES

@@ -3,36 +3,35 @@
 Modes (FrameRef.transport):
   inproc - composed in one process: pixels by reference through frame_store (zero copies); the topic
            carries only the small FrameRef.
-  shm    - across processes on one machine: the camera writes the pixels once into a POSIX shared-memory
-           ring (shm_ring), the topic carries only the FrameRef (ring name, slot, generation), and the
-           consumer copies the frame out with one memcpy (resolve), or reads it in place for the length of a
-           with-block (borrow), or is told it was lost (FrameLost) — never handed a torn frame.
-  iox    - across processes through Eclipse iceoryx2 (iox_frames): the camera loans a shared-memory sample,
-           fills it, sends it with a fixed header and an event; consumers are woken by the event and view the
-           sample in place until their callback returns (no DDS on the hot path, no torn frame: a held sample
-           is never rewritten). The FrameRef still goes out on DDS for observers (iox_refs resolves it).
+  iox    - across processes on one machine, through Eclipse iceoryx2 (iox_frames): the camera loans a
+           shared-memory sample, fills it, sends it with a fixed header and an event; consumers are woken by
+           the event and view the sample in place until their callback returns (no DDS on the hot path, no
+           torn frame: a held sample is never rewritten). The FrameRef still goes out on DDS for observers
+           (iox_refs resolves it). The default.
+  cuda   - frames on the GPU across processes: device buffers shared by CUDA IPC (cuda_frames), named by
+           iceoryx2 samples that travel exactly as iox frames do (holding the sample holds the buffer).
   image  - portable fallback (another machine, another container): the downscaled pixels travel inline in
            FrameRef.image (a sensor_msgs/Image).
 The optional interop topic publishes a plain sensor_msgs/Image for rviz, rqt and `ros2 bag record`.
+(FrameRef.TRANSPORT_SHM named the project's own shared-memory ring, replaced by iceoryx2: such a FrameRef,
+from an older build, is FrameLost with that reason.)
 
-Loans (shm, like ROS 2 loaned messages): `view = sender.loan(h, w)` lends the producer a writable view of the
-next ring slot (seqlock write begun), which it fills in place (cv2.resize(src, (w, h), dst=view)), then
-`sender.send_loaned(msg, view)` publishes it; `sender.abandon(view)` or an exception inside
-`with sender.loaned(msg, h, w) as view:` discards it and leaves the ring consistent. inproc and image modes
-lend a fresh array, so the same producer code runs in every mode. send(msg, image) still copies.
+Loans (like ROS 2 loaned messages): `view = sender.loan(h, w)` lends the producer a writable array to fill in
+place (cv2.resize(src, (w, h), dst=view)), then `sender.send_loaned(msg, view)` publishes it;
+`sender.abandon(view)` or an exception inside `with sender.loaned(msg, h, w) as view:` gives it back unsent.
+iox: the array is the iceoryx2 sample itself; inproc, image and cuda lend a fresh array, so the same producer
+code runs in every mode. send(msg, image) still copies.
 
-Doorbell (hot path without DDS): the FrameRef is always published on DDS (rviz, bags, the escalation node, and
-the fallback), but a FrameSubscription is also told of each frame directly: an in-process one (composed
-mode, or shm with both ends in one process) through a queue, another process through a Unix datagram from
-the ring's doorbell (shm_doorbell; it registers there on the first FrameRef it gets from DDS). Whichever copy
-of a frame arrives first is dispatched; the other is dropped as a duplicate of (store, slot, generation).
-The DDS copy of a frame someone was rung for is published dds_delay_s (2 ms) later from a background thread,
-so that DDS work does not compete with the hot path for the CPU. Callbacks get a private FrameRef (the
-doorbell carries it in a flat layout, _FlatCodec, much cheaper than CDR in Python) and run one at a time on
-the subscription's own thread (dispatch='thread'), in the node's executor through a GuardCondition
-(dispatch='executor'), or for in-process senders on the sender's thread (dispatch='inline', composed mode's
-lowest latency). When the doorbell cannot be set up (no usable directory, VIDACTION_DOORBELL=off) both ends
-fall back to DDS only, saying so once.
+Direct delivery (hot path without DDS): the FrameRef is always published on DDS (rviz, bags, the escalation
+node, and the fallback), but a FrameSubscription also hears of each frame directly: from an inproc sender in
+this process through a queue (the DDS copy that follows is dropped as a duplicate of (store, slot,
+generation)), from an iox or cuda camera through its own iceoryx2 reader (DDS copies of those frames are not
+dispatched). The DDS copy of a frame someone was handed directly is published dds_delay_s (2 ms) later from a
+background thread, so that DDS work does not compete with the hot path for the CPU. Callbacks get a private
+FrameRef and run one at a time on the subscription's own thread (dispatch='thread'), in the node's executor
+through a GuardCondition (dispatch='executor'), or for in-process senders on the sender's thread
+(dispatch='inline', composed mode's lowest latency). VIDACTION_DIRECT=off (or direct=False) makes both ends
+plain DDS (comparisons).
 """
 from __future__ import annotations
 
@@ -40,13 +39,9 @@ import collections
 import itertools
 import operator
 import os
-import select
-import socket
-import struct
 import threading
 import time
 import weakref
-import zlib
 from contextlib import contextmanager
 
 import numpy as np
@@ -59,22 +54,21 @@ from ..conversions import bgr_to_image, image_to_bgr
 from . import iox_refs
 from .frame_store import FrameLost, find_store, open_store
 from ..msg import FrameRef
-from .shm_doorbell import DoorbellReader, DoorbellUnavailable, DoorbellWriter
-from .shm_ring import ShmRingReader, ShmRingWriter, WriterGone, reclaim_stale, ring_name, segment_path
 
-MODES = ('inproc', 'shm', 'image', 'cuda', 'iox')
-DEFAULT_MAX_FRAME = (1920, 1080)   # (width, height) a shm slot holds when the caller does not say
+MODES = ('inproc', 'iox', 'image', 'cuda')
+DEFAULT_MAX_FRAME = (1920, 1080)   # (width, height) of the largest frame when the caller does not say
 _store_ids = itertools.count()
 DISPATCH = ('thread', 'executor', 'inline')
-DDS_DELAY_S = 0.002   # DDS copy of a frame someone was rung for: this much later (see FrameSender)
+DDS_DELAY_S = 0.002   # DDS copy of a frame handed over directly: this much later (see FrameSender)
+_IOX_TRANSPORTS = (FrameRef.TRANSPORT_IOX, FrameRef.TRANSPORT_CUDA)   # frames iceoryx2 delivers
 IOX_POLL_S = 0.2      # a consumer looks for its camera's iceoryx2 service this often until it is there
 _WARNED: set[str] = set()
 _WARNED_LOCK = threading.Lock()
 
 
-def doorbell_enabled() -> bool:
-    """False when VIDACTION_DOORBELL is off/0/false/no: DDS only (for comparisons, or a hostile /dev/shm)."""
-    return os.environ.get('VIDACTION_DOORBELL', 'on').strip().lower() not in ('0', 'off', 'false', 'no')
+def direct_enabled() -> bool:
+    """False when VIDACTION_DIRECT is off/0/false/no: DDS only (for comparisons)."""
+    return os.environ.get('VIDACTION_DIRECT', 'on').strip().lower() not in ('0', 'off', 'false', 'no')
 
 
 def _warn_once(node, key: str, message: str) -> None:
@@ -85,72 +79,44 @@ def _warn_once(node, key: str, message: str) -> None:
     node.get_logger().warning(message)
 
 
-class _FlatCodec:
-    """The doorbell's copy of a FrameRef, cheaper than CDR at both ends: every scalar and string leaf of the
-    message, in a fixed order (one struct + the strings NUL-joined), read with one attrgetter call and applied to a
-    FrameRef built ahead of time (only the leaves that differ from a fresh message are set). Measured at
-    30 Hz on 2 cores (cold caches): serialize_message ~230 us + deserialize_message ~400 us, against
-    ~40 + ~60 us for this. A message with a non-empty sequence (pixels inline: transport "image"), or a
-    message type this codec cannot flatten, travels as CDR instead. The layout's CRC travels along, so two
-    builds with different FrameRef definitions never misread each other (the reader ignores the bell
-    and takes the DDS copy)."""
-
-    CDR, FLAT = 0, 1
-    _CODES = {'boolean': '?', 'octet': 'B', 'uint8': 'B', 'char': 'B', 'byte': 'B', 'int8': 'b', 'int16': 'h',
-              'uint16': 'H', 'int32': 'i', 'uint32': 'I', 'int64': 'q', 'uint64': 'Q', 'float': 'f',
-              'double': 'd'}
-    _HEAD = struct.Struct('<BI')
+class _FrameRefCopier:
+    """Private copies of FrameRefs, cheaper than a CDR round trip: every scalar and string leaf of the message
+    read with one attrgetter call (snapshot) and applied to a FrameRef built ahead of time, straight-line code
+    generated once from the message definition (only leaves that differ from a fresh message are set).
+    Measured at 30 Hz on 2 cores (cold caches): ~40 + ~60 us against ~230 + ~400 us for serialize +
+    deserialize. A message with pixels inline (a non-empty sequence) is copied through CDR."""
 
     def __init__(self, cls):
         self.cls = cls
-        scalars, strings, sequences = [], [], []
-        self.ok = self._walk(cls(), '', scalars, strings, sequences)
+        leaves, sequences = [], []
+        self.ok = self._walk(cls(), '', leaves, sequences)
         if not self.ok:
             return
-        self.struct = struct.Struct('<' + ''.join(code for _, code in scalars))
-        self.scalar_paths = [path for path, _ in scalars]
-        self.string_paths = strings
-        self._scalars, self._strings = len(scalars), len(strings)
-        # One C call reads every leaf (scalars, then strings, then sequences).
-        self.get_all = self._getter(self.scalar_paths + strings + sequences)
-        fresh = self.get_all(cls())
-        self.scalar_defaults = fresh[:self._scalars]
-        self.string_defaults = fresh[self._scalars:self._scalars + self._strings]
-        self._apply = self._compile_apply(self.scalar_paths + strings, self.scalar_defaults + self.string_defaults)
-        layout = repr((scalars, strings, sequences)).encode()
-        self.crc = zlib.crc32(layout)
+        self._leaves = len(leaves)
+        self.get_all = operator.attrgetter(*(leaves + sequences))
+        self._apply = self._compile_apply(leaves, self.get_all(cls())[:self._leaves])
 
-    def _walk(self, msg, prefix, scalars, strings, sequences) -> bool:
+    def _walk(self, msg, prefix, leaves, sequences) -> bool:
         for name, kind in msg.get_fields_and_field_types().items():
-            # rosidl keeps each field in the slot '_<name>' behind a validating property: the codec reads and
+            # rosidl keeps each field in the slot '_<name>' behind a validating property: the copier reads and
             # writes the slots (C-level descriptors), its values being those of a valid message of the type.
             slot = '_' + name
             path = prefix + (slot if slot in getattr(type(msg), '__slots__', ()) else name)
             value = getattr(msg, name)
             if hasattr(value, 'get_fields_and_field_types'):
-                if not self._walk(value, path + '.', scalars, strings, sequences):
+                if not self._walk(value, path + '.', leaves, sequences):
                     return False
-            elif kind in self._CODES:
-                scalars.append((path, self._CODES[kind]))
-            elif kind == 'string':
-                strings.append(path)
             elif kind.startswith('sequence<'):
                 sequences.append(path)
+            elif '[' in kind or kind.startswith('wstring'):
+                return False                     # fixed arrays, wstrings: CDR
             else:
-                return False                     # fixed arrays, wstrings, ...: CDR
+                leaves.append(path)
         return True
 
     @staticmethod
-    def _getter(paths):
-        if not paths:
-            return lambda msg: ()
-        get = operator.attrgetter(*paths)
-        return get if len(paths) > 1 else (lambda msg: (get(msg),))
-
-    @staticmethod
     def _compile_apply(paths, defaults):
-        """apply(values, msg): set every leaf whose value differs from a fresh message's, straight-line
-        (generated once from the message definition: no per-field function calls on the hot path)."""
+        """apply(values, msg): set every leaf whose value differs from a fresh message's, straight-line."""
         lines = ['def apply(values, msg):']
         parents = {'': 'msg'}
         for index, path in enumerate(paths):
@@ -166,28 +132,17 @@ class _FlatCodec:
             lines.append(f'    if values[{index}] != DEFAULTS[{index}]: {parents[parent]}.{leaf} = values[{index}]')
         lines.append('    return msg')
         namespace = {'DEFAULTS': tuple(defaults)}
-        exec(compile('\n'.join(lines), '<_FlatCodec.apply>', 'exec'), namespace)   # noqa: S102 - own code
+        exec(compile('\n'.join(lines), '<_FrameRefCopier.apply>', 'exec'), namespace)   # noqa: S102 - own code
         return namespace['apply']
 
     def snapshot(self, msg):
-        """The values of msg's leaves (scalars, then strings): what an in-process copy needs (no bytes at
-        all); None when msg has pixels inline (a non-empty sequence) or a string with a NUL, or the type
-        cannot be flattened."""
+        """The values of msg's leaves: all a private copy needs; None when msg has pixels inline."""
         if not self.ok:
             return None
         values = self.get_all(msg)
-        end = self._scalars + self._strings
-        if any(values[end:]) or '\0' in ''.join(values[self._scalars:end]):
+        if any(values[self._leaves:]):
             return None
-        return values[:end]
-
-    def encode(self, msg, snapshot=None) -> bytes:
-        """msg for a doorbell datagram (snapshot: its snapshot(), if taken already)."""
-        snap = snapshot or self.snapshot(msg)
-        if snap is None:
-            return self._HEAD.pack(self.CDR, 0) + serialize_message(msg)
-        return b''.join((self._HEAD.pack(self.FLAT, self.crc), self.struct.pack(*snap[:self._scalars]),
-                         '\0'.join(snap[self._scalars:]).encode()))
+        return values[:self._leaves]
 
     def copy(self, msg, snapshot=None, fresh=None):
         """A private copy of msg (into `fresh` when given): an in-process subscriber's own FrameRef."""
@@ -196,29 +151,8 @@ class _FlatCodec:
             return deserialize_message(serialize_message(msg), self.cls)
         return self._apply(snap, fresh if fresh is not None else self.cls())
 
-    def decode(self, data: bytes, fresh=None):
-        """The message, filled into `fresh` (a new message of the type, built ahead of time) when given;
-        None when the data cannot be read by this build."""
-        if len(data) < self._HEAD.size:
-            return None
-        kind, crc = self._HEAD.unpack_from(data)
-        if kind == self.CDR:
-            return deserialize_message(data[self._HEAD.size:], self.cls)
-        if kind != self.FLAT or not self.ok or crc != self.crc:
-            return None
-        try:
-            msg = fresh if fresh is not None else self.cls()
-            at = self._HEAD.size
-            values = self.struct.unpack_from(data, at)
-            texts = data[at + self.struct.size:].decode().split('\0') if self.string_paths else []
-            if len(texts) != len(self.string_paths):
-                return None
-            return self._apply(values + tuple(texts), msg)
-        except (struct.error, UnicodeDecodeError, AssertionError, ValueError, TypeError):
-            return None
 
-
-_CODEC = _FlatCodec(FrameRef)
+_COPIER = _FrameRefCopier(FrameRef)
 
 
 class _Local:
@@ -229,7 +163,7 @@ class _Local:
         self.msg, self.snapshot = msg, snapshot
 
 
-# In-process FrameSubscriptions by (context, resolved topic): a FrameSender hands them each frame directly.
+# In-process FrameSubscriptions by (context, resolved topic): an inproc FrameSender hands them each frame directly.
 _LOCAL: dict[tuple[int, str], list] = {}
 _LOCAL_LOCK = threading.Lock()
 _LOCAL_VERSION = [0]          # bumped on every (un)registration: senders cache their lookup until it moves
@@ -247,49 +181,38 @@ def _local_subscribers(context, topic: str) -> list['FrameSubscription']:
         return live
 
 
-def _fresh_ring_name(node, kind: str, what: str) -> str:
-    """A ring name unique on this machine (kind + node name + pid + counter), after removing the rings of
-    this node's crashed predecessors (same prefix, dead writer pid; shm_ring checks the recorded writer)."""
-    prefix = ring_name(kind, node.get_fully_qualified_name()) + '_'
-    for name, owner in reclaim_stale(prefix):
-        node.get_logger().info(f'removed stale {what} {name} of dead writer PID {owner.pid if owner else "?"}')
-    return f'{prefix}{os.getpid()}_{next(_store_ids)}'
-
-
 class FrameSender:
     def __init__(self, node, mode: str, topic: str = 'camera/frame', lockstep: bool = False,
                  interop_topic: str = '', slots: int = 8, max_frame: tuple[int, int] = DEFAULT_MAX_FRAME,
-                 qos_profile=None, doorbell: bool = True, dds_delay_s: float = DDS_DELAY_S):
-        """max_frame: (width, height) of the largest bgr8 frame send() will get (shm mode sizes its slots
-        from it; pass the camera's max_width/max_height). tmpfs is sparse, so unused capacity costs nothing.
+                 qos_profile=None, direct: bool = True, dds_delay_s: float = DDS_DELAY_S):
+        """max_frame: (width, height) of the largest bgr8 frame send() will get (iox sizes its samples, cuda its
+        device buffers from it; pass the camera's max_width/max_height). slots: inproc frames kept.
         qos_profile: overrides qos.frame_qos(lockstep) (benches compare transports under one profile).
-        doorbell: also tell FrameSubscriptions of each frame without DDS (in-process queue; shm: the ring's
-        Unix-socket doorbell). Off, or when it cannot be set up, the FrameRef on DDS is the only notice.
-        dds_delay_s: when a doorbell or an in-process subscription was handed the frame, its FrameRef is
-        published on DDS this much later, from a background thread, so that the DDS work (here and in every
-        subscriber) does not compete for the CPU with the hot path it just started; DDS-only subscribers
-        (rviz, bags, the escalation node) get it that much later. 0: at once, inline. Frames nobody was rung
-        for are published at once either way (in order with any still waiting)."""
+        direct: also hand frames to FrameSubscriptions without DDS (inproc: in-process queue; iox / cuda:
+        iceoryx2 wakes the camera's readers either way). Off, the FrameRef on DDS is the only notice.
+        dds_delay_s: when a subscription was handed the frame directly, its FrameRef is published on DDS this
+        much later, from a background thread, so that the DDS work (here and in every subscriber) does not
+        compete for the CPU with the hot path it just started; DDS-only subscribers (rviz, bags, the escalation
+        node) get it that much later. 0: at once, inline. Frames nobody was handed are published at once either
+        way (in order with any still waiting)."""
         if mode not in MODES:
             raise ValueError(f'unknown transport {mode!r}; choose one of {MODES}')
         if mode == 'cuda':
             from . import cuda_ipc
             if not cuda_ipc.available():     # before any entity is created: nothing to clean up
                 raise RuntimeError('transport cuda needs torch with a CUDA device in the camera process; this '
-                                   'one has none (use transport shm)')
+                                   'one has none (use transport iox)')
         self.mode = mode
         self.node = node
         self.publisher = node.create_publisher(FrameRef, topic, qos_profile or qos.frame_qos(lockstep))
         self.interop = node.create_publisher(Image, interop_topic, qos.IMAGE) if interop_topic else None
         self.store = None
-        self.ring = None
         self.cuda = None
         self.iox = None
-        self.bell: DoorbellWriter | None = None
-        self.doorbell = doorbell and doorbell_enabled()
+        self.direct = direct and direct_enabled()
         self._context = node.context
         self._topic = self.publisher.topic_name
-        self._loan = None                 # shm: the ring's Loan; inproc/image: the lent array
+        self._loan = None                 # iox: the sample's Loan; inproc/image/cuda: the lent array
         self.dds_delay_s = max(0.0, float(dds_delay_s))
         self._deferred: collections.deque = collections.deque()   # (due monotonic s, FrameRef, snapshot)
         self._deferred_cv = threading.Condition()
@@ -297,92 +220,65 @@ class FrameSender:
         self._closing = False
         self._local: list = []            # in-process FrameSubscriptions of our topic (cached lookup)
         self._local_version = -1
-        self.counts = {'sent': 0, 'loaned': 0, 'abandoned': 0, 'local': 0, 'bell': 0}
+        self.counts = {'sent': 0, 'loaned': 0, 'abandoned': 0, 'local': 0}
+        width, height = max_frame
         if mode == 'inproc':
             # Unique per sender: two cameras in one process never share slots.
             self.store = open_store(f'{node.get_fully_qualified_name()}#{os.getpid()}#{next(_store_ids)}', slots)
-        elif mode == 'shm':
-            # Node name + pid + counter: unique per sender on this machine; the pid also lets the next
-            # start of a crashed camera reclaim its segment (shm_ring checks the recorded writer is dead).
-            # A crashed predecessor (another pid, so another name) is swept by prefix first.
-            width, height = max_frame
-            self.ring = ShmRingWriter(_fresh_ring_name(node, 'vidaction', 'shared-memory ring'), slots=slots,
-                                      slot_bytes=width * height * 3)
-        elif mode == 'cuda':
-            # Device buffers shared by CUDA IPC behind a small shared-memory control ring (cuda_frames): the
-            # same names, reclaiming and doorbell as shm; RuntimeError here (camera configure fails with the
-            # reason) when this process has no CUDA.
-            from .cuda_frames import CudaFrameWriter
-            width, height = max_frame
-            self.cuda = CudaFrameWriter(_fresh_ring_name(node, 'vidaction_cuda', 'CUDA frame ring'),
-                                        slots=min(slots, 4), max_bytes=width * height * 3)
-            self.ring = self.cuda.ring
-        elif mode == 'iox':
+        elif mode in ('iox', 'cuda'):
             # IoxUnavailable (a RuntimeError: camera configure fails with the reason) without the library.
             from .iox_frames import IoxFramePublisher, service_name
-            width, height = max_frame
+            if mode == 'cuda':
+                from .cuda_frames import CONTROL_BYTES, CudaFrameWriter
+                self.cuda = CudaFrameWriter(width * height * 3)
+                self._control_bytes = CONTROL_BYTES
             self.iox = IoxFramePublisher(service_name(self._topic, self._context.get_domain_id()),
-                                         width * height * 3)
-        if mode in ('shm', 'cuda'):
-            if self.doorbell:
-                try:
-                    self.bell = DoorbellWriter()
-                    self.ring.set_doorbell(self.bell.path)
-                except (DoorbellUnavailable, OSError, ValueError) as err:
-                    if self.bell is not None:
-                        self.bell.close()
-                        self.bell = None
-                    _warn_once(node, 'doorbell-writer', f'shared-memory doorbell unavailable ({err}); frames are '
-                                                        f'announced over DDS only')
+                                         CONTROL_BYTES if mode == 'cuda' else width * height * 3)
 
     # -- copying send --------------------------------------------------------------------------------------
-    def send(self, msg: FrameRef, image: np.ndarray) -> FrameRef:
+    def send(self, msg: FrameRef, image) -> FrameRef:
         """Fill the pixel part of msg for this mode and publish it. msg carries header, sequence, times."""
-        self.abandon()                    # one slot in flight: an outstanding loan is given up
+        self.abandon()                    # one loan in flight: an outstanding loan is given up
+        if self.mode == 'iox':
+            view = self.loan(int(image.shape[0]), int(image.shape[1]))
+            view[:] = image
+            return self.send_loaned(msg, view)
         msg.transport = self.mode
         msg.height, msg.width = int(image.shape[0]), int(image.shape[1])
         msg.encoding = 'bgr8'
-        if self.mode == 'shm':
-            if image.ndim != 3 or image.shape[2] != 3:
-                raise ValueError(f'shm transport sends bgr8 HxWx3 frames, got shape {image.shape}')
-            msg.store = self.ring.name
-            msg.slot, msg.generation = self.ring.write(image)
-        elif self.mode == 'iox':
-            view = self.loan(msg.height, msg.width)
-            view[:] = image
-            return self.send_loaned(msg, view)
-        else:
-            self._place(msg, image)
+        self._place(msg, image)
         self._publish(msg, image)
         return msg
 
     def _place(self, msg: FrameRef, image) -> None:
-        """Put a whole frame where the inproc / cuda / image modes keep it and say where in msg (shm copies
-        into its ring, or commits a loan, instead)."""
+        """Put a whole frame where the inproc / cuda / image modes keep it and say where in msg (iox commits its
+        loan instead)."""
         if self.mode == 'inproc':
             msg.store = self.store.name
             msg.slot, msg.generation = self.store.put(image)
         elif self.mode == 'cuda':
-            msg.store = self.cuda.name
-            msg.slot, msg.generation = self.cuda.write(image)     # host frame up once, or device to device
+            loan = self.iox.loan_control(msg.height, msg.width, self._control_bytes)
+            try:
+                self.cuda.fill(loan, image)      # host frame up once, or device to device
+            except BaseException:
+                self.iox.abandon(loan)
+                raise
+            msg.store, msg.slot, msg.generation = self.iox.name, 0, msg.sequence
+            self.iox.send(loan, **iox_refs.header_fields(msg))     # consumers are woken here
         else:
             msg.image = bgr_to_image(image, msg.header.stamp, msg.header.frame_id)
 
     # -- loaned send: the producer fills the transport's own buffer ------------------------------------------
     def loan(self, height: int, width: int) -> np.ndarray:
         """A writable HxWx3 uint8 (bgr8) array to fill in place, then hand to send_loaned (or abandon).
-        shm: a view of the next ring slot itself, whose write has begun (readers of that slot are told it is
-        gone until send_loaned commits it): fill it completely, and do not touch it after send_loaned (it is
-        made read-only). cv2.resize(src, (width, height), dst=view) writes into it; check the result `is view`.
-        inproc / image / cuda: a fresh host array (the composed consumer gets that very array; cuda uploads it
-        at send_loaned: a host-side camera fills host memory either way). One loan at a time: a
-        new loan abandons an outstanding one."""
+        iox: the iceoryx2 sample itself: fill it completely, and do not touch it after send_loaned (it is made
+        read-only). cv2.resize(src, (width, height), dst=view) writes into it; check the result `is view`.
+        inproc / image / cuda: a fresh host array (the composed consumer gets that very array; cuda uploads it at
+        send_loaned: a host-side camera fills host memory either way). One loan at a time: a new loan abandons
+        an outstanding one."""
         height, width = int(height), int(width)
         self.abandon()
-        if self.mode == 'shm':
-            self._loan = self.ring.loan((height, width, 3))
-            array = self._loan.array
-        elif self.mode == 'iox':
+        if self.mode == 'iox':
             self._loan = self.iox.loan(height, width)
             array = self._loan.array
         else:
@@ -393,7 +289,7 @@ class FrameSender:
     def _loaned_array(self):
         if self._loan is None:
             return None
-        return self._loan.array if self.mode in ('shm', 'iox') else self._loan
+        return self._loan.array if self.mode == 'iox' else self._loan
 
     @property
     def loaned_view(self) -> np.ndarray | None:
@@ -410,11 +306,7 @@ class FrameSender:
         msg.transport = self.mode
         msg.height, msg.width = int(view.shape[0]), int(view.shape[1])
         msg.encoding = 'bgr8'
-        if self.mode == 'shm':
-            msg.store = self.ring.name
-            msg.slot, msg.generation = self.ring.commit(self._loan)     # the view is read-only from here
-            self._loan = None
-        elif self.mode == 'iox':
+        if self.mode == 'iox':
             msg.store, msg.slot, msg.generation = self.iox.name, 0, msg.sequence
             self.iox.send(self._loan, **iox_refs.header_fields(msg))   # consumers are woken here
             self._loan = None
@@ -426,14 +318,11 @@ class FrameSender:
         return msg
 
     def abandon(self, view: np.ndarray | None = None) -> None:
-        """Hand an outstanding loan back unpublished (view: that loan's array, or None for whichever is out).
-        shm: the slot is marked empty and reused by the next frame; the ring stays consistent."""
+        """Hand an outstanding loan back unpublished (view: that loan's array, or None for whichever is out)."""
         array = self._loaned_array()
         if array is None or (view is not None and view is not array):
             return
-        if self.mode == 'shm':
-            self.ring.abandon(self._loan)
-        elif self.mode == 'iox':
+        if self.mode == 'iox':
             self.iox.abandon(self._loan)
         else:
             array.flags.writeable = False
@@ -453,42 +342,33 @@ class FrameSender:
         self.send_loaned(msg, view)
 
     # -- publishing ----------------------------------------------------------------------------------------
-    def _publish(self, msg: FrameRef, image: np.ndarray) -> None:
-        # Doorbells first (a datagram each, microseconds), then DDS (hundreds of microseconds of CPU here and
-        # in each subscriber: deferred by dds_delay_s when someone was rung, so it does not slow the hop).
-        local = ()
-        if self.doorbell and self.mode not in ('image', 'iox'):
+    def _publish(self, msg: FrameRef, image) -> None:
+        # Direct hand-over first (microseconds), then DDS (hundreds of microseconds of CPU here and in each
+        # subscriber: deferred by dds_delay_s when someone was handed the frame, so it does not slow the hop).
+        handed = 0
+        snapshot = None
+        if self.iox is not None and self.iox.subscribers():
+            handed = 1                 # they were woken by iceoryx2: the DDS copy can wait its turn
+            snapshot = _COPIER.snapshot(msg)
+        elif self.direct and self.mode == 'inproc':
             if self._local_version != _LOCAL_VERSION[0]:
                 self._local_version = _LOCAL_VERSION[0]
                 self._local = _local_subscribers(self._context, self._topic)
-            local = self._local
-        bell = self.bell is not None and self.bell.poll_registrations(max_age_s=0.02)
-        rung = 0
-        snapshot = None
-        if self.iox is not None and self.iox.subscribers():
-            rung = 1                   # they were woken by iceoryx2: the DDS copy can wait its turn
-            snapshot = _CODEC.snapshot(msg)
-        if local or bell:
-            snapshot = _CODEC.snapshot(msg)
-            for sub in local:
-                if not sub.closed:
-                    sub._deliver_local(msg, snapshot)
-                    rung += 1
-            self.counts['local'] += rung
-            if bell:
-                stamp_ns = msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
-                delivered = self.bell.ring(msg.store, msg.slot, msg.generation, msg.sequence, stamp_ns,
-                                           _CODEC.encode(msg, snapshot), drain=False)
-                self.counts['bell'] += delivered
-                rung += delivered
-        if (rung and self.dds_delay_s > 0 and snapshot is not None) or self._deferred:
-            self._defer(msg, snapshot, self.dds_delay_s if rung else 0.0)
+            if self._local:
+                snapshot = _COPIER.snapshot(msg)
+                for sub in self._local:
+                    if not sub.closed:
+                        sub._deliver_local(msg, snapshot)
+                        handed += 1
+                self.counts['local'] += handed
+        if (handed and self.dds_delay_s > 0 and snapshot is not None) or self._deferred:
+            self._defer(msg, snapshot, self.dds_delay_s if handed else 0.0)
         else:
             self.publisher.publish(msg)
         self.counts['sent'] += 1
         if self.interop is not None and self.interop.get_subscription_count() > 0:
             self.interop.publish(msg.image if self.mode == 'image' else
-                                 bgr_to_image(image, msg.header.stamp, msg.header.frame_id))
+                                 bgr_to_image(host_array(image), msg.header.stamp, msg.header.frame_id))
 
     def _defer(self, msg: FrameRef, snapshot, delay_s: float) -> None:
         """Publish msg on DDS delay_s from now, from the background thread: as it was now (the message is
@@ -518,7 +398,7 @@ class FrameSender:
                     continue
                 self._deferred.popleft()
             try:
-                self.publisher.publish(_CODEC.copy(msg, snapshot) if snapshot is not None else msg)
+                self.publisher.publish(_COPIER.copy(msg, snapshot) if snapshot is not None else msg)
             except Exception as err:     # noqa: BLE001 - publisher destroyed or context shut down under us
                 _warn_once(self.node, 'deferred-publish', f'deferred FrameRef publish failed: {err!r}')
 
@@ -533,108 +413,37 @@ class FrameSender:
             self._deferred_thread, self._closing = None, False
 
     def stats(self) -> dict:
-        """Counters for diagnostics: frames sent / loaned / abandoned, doorbell deliveries and drops."""
+        """Counters for diagnostics: frames sent / loaned / abandoned / handed over in this process, iceoryx2's."""
         out = dict(self.counts)
-        if self.bell is not None:
-            out.update({f'doorbell_{k}': v for k, v in self.bell.stats().items()})
         if self.iox is not None:
             out.update({f'iox_{k}': v for k, v in self.iox.counts.items()})
         return out
 
     def close(self) -> None:
-        """Release what the mode holds: the shm ring is unlinked (it also is at interpreter exit), the
-        doorbell socket removed; FrameRefs still waiting for DDS are published first."""
+        """Release what the mode holds (iceoryx2 ports; the services and their segments go with their last user;
+        cuda: the device buffers); FrameRefs still waiting for DDS are published first."""
         self.flush()
-        if self.bell is not None:
-            self.bell.close()
         if self.iox is not None:
             self.abandon()
             self.iox.close()
         if self.cuda is not None:
-            self.cuda.close()               # its control ring too
-        elif self.ring is not None:
-            self.ring.close()
+            self.cuda.close()
         self._loan = None
 
 
-# Readers of shm rings, opened on first use and cached per process (attaching maps the segment: ~50 us).
-_READERS: dict[str, ShmRingReader] = {}
-_CUDA_READERS: dict = {}          # name -> cuda_frames.CudaFrameReader
-_READERS_LOCK = threading.Lock()
-
-
-def _ring_reader(name: str, verify: bool = False, cuda: bool = False):
-    """The cached reader of a ring, reopened when the name now denotes a new segment (camera restarted and
-    reclaimed it): comparing inodes costs one stat() and keeps us from reading a dead ring's old frames.
-    While the cached ring is open its name cannot denote another segment (a writer only takes over a name
-    whose writer closed it or died), so the stat is skipped then, unless verify (after a WriterGone)."""
-    readers = _CUDA_READERS if cuda else _READERS
-    if not verify:
-        reader = readers.get(name)
-        if reader is not None and reader.is_open():
-            return reader
-    try:
-        inode = os.stat(segment_path(name)).st_ino
-    except FileNotFoundError:
-        inode = None
-    with _READERS_LOCK:
-        reader = readers.get(name)
-        if reader is not None and reader.inode == inode:
-            return reader
-        if reader is not None:
-            del readers[name]
-            reader.close()
-        try:
-            if cuda:
-                from .cuda_frames import CudaFrameReader
-                try:
-                    reader = CudaFrameReader(name)
-                except RuntimeError as err:  # no torch / no CUDA in this process
-                    raise FrameLost(f'CUDA frame ring {name!r}: {err}') from None
-            else:
-                reader = ShmRingReader(name)     # WriterGone (a FrameLost) when the ring is gone
-        except PermissionError as err:       # 0600: another user's camera
-            raise FrameLost(f'shared-memory ring {name!r} is not readable by this user ({err}); run the camera '
-                            f'and its consumers as the same user') from None
-        except OSError as err:
-            raise FrameLost(f'shared-memory ring {name!r} cannot be opened: {err}') from None
-        readers[name] = reader
-        return reader
-
-
-def _resolve_shm(msg: FrameRef) -> np.ndarray:
-    if msg.encoding != 'bgr8':
-        raise FrameLost(f'shm FrameRef with encoding {msg.encoding!r}; this build writes bgr8 only')
-    reader = _ring_reader(msg.store)
-    try:
-        frame = reader.read(msg.slot, msg.generation)
-    except WriterGone:
-        fresh = _ring_reader(msg.store, verify=True)    # a crashed camera's successor may own the name now
-        if fresh is reader:
-            raise
-        frame = fresh.read(msg.slot, msg.generation)
-    if frame.shape != (msg.height, msg.width, 3):
-        raise FrameLost(f'shared-memory ring {msg.store!r}: slot {msg.slot} holds a {frame.shape} frame but the '
-                        f'FrameRef says {msg.height}x{msg.width}x3 (ring replaced under the reference?)')
-    return frame
-
-
-def resolve(msg: FrameRef) -> np.ndarray:
+def resolve(msg: FrameRef):
     """The bgr8 pixels a FrameRef points to. Raises FrameLost or ImageFormatError with the reason.
-    inproc: the camera's very array (read-only by convention); shm: a private copy; image: decoded;
+    inproc: the camera's very array (read-only by convention); iox: a private copy; image: decoded;
     cuda: a private copy on the GPU (a torch tensor; never through the host)."""
     if msg.transport == FrameRef.TRANSPORT_INPROC:
-        frame = find_store(msg.store).get(msg.slot, msg.generation)
-        return frame
-    if msg.transport == FrameRef.TRANSPORT_SHM:
-        return _resolve_shm(msg)
+        return find_store(msg.store).get(msg.slot, msg.generation)
+    if msg.transport in (FrameRef.TRANSPORT_IOX, FrameRef.TRANSPORT_CUDA):
+        return iox_refs.resolve(msg)
     if msg.transport == FrameRef.TRANSPORT_IMAGE:
         return image_to_bgr(msg.image)
-    if msg.transport == FrameRef.TRANSPORT_IOX:
-        return iox_refs.resolve(msg)
-    if msg.transport == FrameRef.TRANSPORT_CUDA:
-        with borrow(msg) as frame:
-            return frame.clone()                       # device to device; borrow synchronises and validates
+    if msg.transport == FrameRef.TRANSPORT_SHM:
+        raise FrameLost('FrameRef of transport shm (the shared-memory ring of an older vidaction_ros build, '
+                        'replaced by iceoryx2): run the camera from this build (transport iox)')
     raise FrameLost(f'unsupported transport {msg.transport!r} in FrameRef (this build supports {MODES})')
 
 
@@ -650,35 +459,23 @@ def host_array(frame) -> np.ndarray:
 def borrow(msg: FrameRef):
     """Zero-copy access for the duration of a with-block:
 
-        with transport.borrow(ref) as image:   # read-only for shm
+        with transport.borrow(ref) as image:
             vector = embed(image)
-        # reaching here means image was intact all along; FrameLost from the with-statement means the
-        # camera overwrote the slot meanwhile, and whatever was computed from it must be discarded.
 
-    shm: a read-only view of the ring slot, validated when the block ends; cuda: the device buffer in place
-    (a torch tensor; the block's GPU work is waited for before the check); inproc and image: as resolve().
-    Never keep the array past the block."""
-    if msg.transport == FrameRef.TRANSPORT_IOX:
-        yield iox_refs.view(msg)          # held by this process's subscription until its callback returns
+    iox: the sample in place (read-only), held by this process's subscription until its callback returns;
+    cuda: the device buffer in place (a torch tensor; the block's GPU work is waited for at its end, before
+    the sample can be released); inproc and image: as resolve(). Never keep the array past the block."""
+    if msg.transport != FrameRef.TRANSPORT_CUDA:
+        yield iox_refs.view(msg) if msg.transport == FrameRef.TRANSPORT_IOX else resolve(msg)
         return
-    cuda = msg.transport == FrameRef.TRANSPORT_CUDA
-    if not cuda and msg.transport != FrameRef.TRANSPORT_SHM:
-        yield resolve(msg)
-        return
-    if msg.encoding != 'bgr8':
-        raise FrameLost(f'{msg.transport} FrameRef with encoding {msg.encoding!r}; this build writes bgr8 only')
-    reader = _ring_reader(msg.store, cuda=cuda)
-    if not reader.writer_alive():
-        reader = _ring_reader(msg.store, verify=True, cuda=cuda)   # a crashed camera's successor may own it now
-    with reader.view(msg.slot, msg.generation) as view:
-        if tuple(view.shape) != (msg.height, msg.width, 3):
-            ring = 'CUDA frame ring' if cuda else 'shared-memory ring'
-            raise FrameLost(f'{ring} {msg.store!r}: slot {msg.slot} holds a {tuple(view.shape)} frame but the '
-                            f'FrameRef says {msg.height}x{msg.width}x3 (ring replaced under the reference?)')
-        yield view
+    frame = iox_refs.view(msg)
+    try:
+        yield frame
+    finally:
+        iox_refs.synchronize(frame)        # the block's GPU work is done before the sample can be released
 
 
-# -- receiving: DDS plus the doorbells ---------------------------------------------------------------------------
+# -- receiving: direct delivery plus DDS ---------------------------------------------------------------------
 class FrameSubscription:
     """Subscribes to a FrameRef topic and hears of each frame by the fastest way it can:
 
@@ -686,31 +483,30 @@ class FrameSubscription:
         ...
         self.frames.destroy()      # in cleanup (destroying frames.subscription alone also stops it, lazily)
 
-    - in-process senders (composed mode, or shm with both ends in one process) hand frames over directly;
-    - a shm sender in another process rings this subscription's doorbell socket (registered with the ring's
-      doorbell on the first FrameRef received over DDS);
-    - DDS delivers every FrameRef too; the copy that arrives second is dropped as a duplicate of
-      (store, slot, generation), so the callback sees each frame once, and never an older frame of a store
-      after a newer one (stale, counted). At most the QoS depth of frames wait (newest win, 'overflow').
+    - an inproc sender in this process (composed mode) hands frames over directly; the DDS copy that follows is
+      dropped as a duplicate of (store, slot, generation);
+    - an iox or cuda camera wakes this subscription's iceoryx2 reader (opened once the camera's service exists);
+      DDS copies of those frames are not dispatched;
+    - anything else (transport image, direct delivery off) arrives over DDS.
+    The callback never sees an older frame of a store after a newer one (stale, counted). At most the QoS
+    depth of frames wait (newest win, 'overflow').
     callback(msg) gets a private FrameRef and runs one call at a time: on this subscription's own thread
     (dispatch='thread': low latency; the callback may run concurrently with the node's other callbacks), in
     the node's executor (dispatch='executor', through a GuardCondition; ~0.3 ms later on 2 cores), or, for
     frames from a sender in this process, directly on the sender's thread when no call is running
     (dispatch='inline': the lowest latency in composed mode; send() returns after the callback, so the
     producer runs at the consumer's pace, newest frame first; frames from elsewhere as 'thread').
-    doorbell=False (or VIDACTION_DOORBELL=off) makes it a plain DDS subscription with the same dispatch.
-    counts: frames dispatched per path ('local', 'bell', 'dds'), 'duplicates', 'stale', 'overflow' (pending
-    frames replaced by newer ones), 'errors' (callback raised, thread dispatch), 'registrations',
-    'undecodable' (a doorbell copy from a build with another FrameRef layout: the DDS copy is used),
-    'iox_early' (DDS FrameRefs of an iceoryx2 camera that came before this subscription's reader was open: their
-    samples went out before it; iox_state says where the reader is).
+    direct=False (or VIDACTION_DIRECT=off) makes it a plain DDS subscription with the same dispatch.
+    counts: frames dispatched per path ('local', 'iox', 'dds'), 'duplicates', 'stale', 'overflow' (pending
+    frames replaced by newer ones), 'errors' (callback raised, thread dispatch), 'iox_early' (DDS FrameRefs of
+    an iceoryx2 camera that came before this subscription's reader was open: their samples went out before
+    it; iox_state says where the reader is).
     trace=True keeps (path, stamp_ns, sent_ns, received_ns, taken_ns, dispatched_ns) of the last 10000
-    dispatches (benches; CLOCK_MONOTONIC ns: doorbell sent, received by the thread, taken from the queue,
-    callback called; stamp_ns is the FrameRef's header stamp, sent_ns 0 unless rung by a doorbell; iox: when the
-    event woke the thread).
+    dispatches (benches; CLOCK_MONOTONIC ns: received by this subscription (iox: the event woke its thread),
+    taken from the queue, callback called; stamp_ns is the FrameRef's header stamp, sent_ns 0).
     """
 
-    def __init__(self, node, topic: str, callback, qos_profile, *, doorbell: bool = True,
+    def __init__(self, node, topic: str, callback, qos_profile, *, direct: bool = True,
                  dispatch: str = 'thread', callback_group=None, trace: bool = False):
         if dispatch not in DISPATCH:
             raise ValueError(f'unknown dispatch {dispatch!r}; choose one of {DISPATCH}')
@@ -718,9 +514,9 @@ class FrameSubscription:
         self.callback = callback
         self.dispatch = dispatch
         self.closed = False
-        self.counts = {'local': 0, 'bell': 0, 'dds': 0, 'iox': 0, 'duplicates': 0, 'stale': 0, 'overflow': 0,
-                       'errors': 0, 'registrations': 0, 'undecodable': 0, 'iox_early': 0}
-        self._spare = FrameRef()                   # the next doorbell / local frame is decoded into it
+        self.counts = {'local': 0, 'dds': 0, 'iox': 0, 'duplicates': 0, 'stale': 0, 'overflow': 0,
+                       'errors': 0, 'iox_early': 0}
+        self._spare = FrameRef()                   # the next local frame is copied into it
         self.trace: collections.deque | None = collections.deque(maxlen=10000) if trace else None
         keep_last = qos_profile.history != HistoryPolicy.KEEP_ALL
         self.depth = max(1, int(qos_profile.depth)) if keep_last else 1000
@@ -728,30 +524,20 @@ class FrameSubscription:
         self._dispatching = threading.Lock()        # callbacks one at a time
         self._dispatcher: int | None = None         # the thread running callbacks now
         self._pending: collections.deque = collections.deque()
-        self._seen: collections.OrderedDict = collections.OrderedDict()   # (store, slot, generation) -> path
+        self._seen: collections.OrderedDict = collections.OrderedDict()   # (store, slot, generation) handed over
         self._last_sequence: collections.OrderedDict = collections.OrderedDict()  # store -> last dispatched
-        self._rings: collections.OrderedDict = collections.OrderedDict()  # store -> writer doorbell path or ''
         self._stop = threading.Event()
+        self._wakeup = threading.Event()
         self._context = node.context
-        self.bell: DoorbellReader | None = None
         self.iox = None                              # the iceoryx2 reader, opened below
-        if doorbell and doorbell_enabled():
-            try:
-                self.bell = DoorbellReader()
-            except (DoorbellUnavailable, OSError) as err:
-                _warn_once(node, 'doorbell-reader', f'shared-memory doorbell unavailable ({err}); frames from other '
-                                                    f'processes arrive over DDS only')
-        self._doorbell = doorbell and doorbell_enabled()
-        self._wake_r, self._wake_w = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self._wake_r.setblocking(False)
-        self._wake_w.setblocking(False)
+        self._direct = direct and direct_enabled()
         self._guard = (node.create_guard_condition(self._dispatch_pending, callback_group)
                        if dispatch == 'executor' else None)
         self.subscription = node.create_subscription(FrameRef, topic, self._on_dds, qos_profile,
                                                      callback_group=callback_group)
         self.topic = self.subscription.topic_name
         self._key = (id(self._context), self.topic)
-        if self._doorbell:
+        if self._direct:
             with _LOCAL_LOCK:
                 _LOCAL.setdefault(self._key, []).append(weakref.ref(self))
                 _LOCAL_VERSION[0] += 1
@@ -765,7 +551,7 @@ class FrameSubscription:
         self._iox_wake = threading.Event()           # a DDS FrameRef of transport iox: look for the service now
         self._iox_thread = None
         self.iox_state = 'off'                       # off | waiting (for the service) | open | failed
-        if self._doorbell:
+        if self._direct:
             from . import iox_frames
             if iox_frames.available():
                 self.iox_state = 'waiting'
@@ -775,15 +561,17 @@ class FrameSubscription:
 
     # -- arrivals --------------------------------------------------------------------------------------------
     def _admit(self, key, path: str) -> bool:
-        """Record that a frame arrived by `path`; False when it did before (a duplicate)."""
+        """Record a frame handed over directly ('local'); False for the DDS copy of one (a duplicate)."""
         if key is None:
             return True
-        if key in self._seen:
+        if path == 'local':
+            self._seen[key] = None
+            if len(self._seen) > 512:
+                self._seen.popitem(last=False)
+            return True
+        if self._seen.pop(key, False) is None:
             self.counts['duplicates'] += 1
             return False
-        self._seen[key] = path
-        if len(self._seen) > 512:
-            self._seen.popitem(last=False)
         return True
 
     def _enqueue(self, msg, path: str, key, sent_ns: int = 0, received_ns: int = 0) -> None:
@@ -805,10 +593,7 @@ class FrameSubscription:
             except Exception:       # noqa: BLE001 - the node or context is going away
                 pass
             return
-        try:
-            self._wake_w.send(b'!')
-        except (BlockingIOError, OSError):
-            pass                    # a wake-up is already queued (or we are closing)
+        self._wakeup.set()
 
     def _deliver_local(self, msg: FrameRef, snapshot) -> None:
         """From a FrameSender in this process (its thread): queue a private copy, wake the dispatcher
@@ -826,10 +611,10 @@ class FrameSubscription:
         self._wake()
 
     def _on_dds(self, msg: FrameRef) -> None:
-        """Executor thread: the DDS copy. Dispatched unless a doorbell delivered it first."""
+        """Executor thread: the DDS copy. Dispatched unless it was handed over directly."""
         if self.closed:
             return
-        if msg.transport == FrameRef.TRANSPORT_IOX and self.iox_state in ('open', 'waiting'):
+        if msg.transport in _IOX_TRANSPORTS and self.iox_state in ('open', 'waiting'):
             # open: iceoryx2 brought this frame already (or will: it was sent first). waiting: sent before
             # our reader existed; the reader opens now and takes the next ones.
             if self.iox_state == 'waiting':
@@ -846,61 +631,17 @@ class FrameSubscription:
                 self._dispatch_pending()
             else:
                 self._wake()
-        if self.bell is not None and msg.transport == FrameRef.TRANSPORT_SHM and msg.store:
-            self._maybe_register(msg.store, won)
 
-    def _maybe_register(self, store: str, dds_won: bool) -> None:
-        """Register with the ring's doorbell the first time a ring is seen, and again (at most once a second)
-        when DDS keeps winning (the writer dropped us as stuck, or was restarted under the same name)."""
-        path = self._rings.get(store)
-        if path is None:
-            try:
-                reader = _ring_reader(store)
-                path = '' if reader.owner.pid == os.getpid() else reader.doorbell()   # same process: direct
-            except (FrameLost, OSError, ValueError):
-                return                                  # gone already: nothing to register with
-            self._rings[store] = path
-            if len(self._rings) > 32:
-                _, old = self._rings.popitem(last=False)
-                if old:
-                    self.bell.unregister(old)
-        elif not (path and dds_won and time.monotonic() - self.bell.writers.get(path, 0.0) > 1.0):
-            return
-        if path and self.bell.register(path):
-            self.counts['registrations'] += 1
-
-    def _on_bell(self, ring) -> None:
-        key = (ring.store, ring.slot, ring.generation)
-        with self._lock:
-            if not self._admit(key, 'bell'):
-                return
-            self._enqueue(ring.payload, 'bell', key, ring.sent_ns, ring.received_ns)
-
-    # -- the thread: doorbell socket and wake-ups ------------------------------------------------------------
+    # -- the thread: wake-ups --------------------------------------------------------------------------------
     def _run(self) -> None:
-        poller = select.poll()
-        poller.register(self._wake_r, select.POLLIN)
-        if self.bell is not None:
-            poller.register(self.bell.fileno(), select.POLLIN)
         while not self._stop.is_set():
-            try:
-                events = poller.poll(500)
-            except InterruptedError:
-                continue
-            if self._stop.is_set():
-                break
-            if not events:
+            if not self._wakeup.wait(0.5):
                 if self._destroyed_as_unwanted():
                     return
                 continue
-            while True:
-                try:
-                    self._wake_r.recv(64)
-                except (BlockingIOError, InterruptedError, OSError):
-                    break
-            if self.bell is not None:
-                while (ring := self.bell.receive()) is not None:
-                    self._on_bell(ring)
+            self._wakeup.clear()
+            if self._stop.is_set():
+                break
             if self.dispatch != 'executor':
                 self._dispatch_pending()
             elif self._pending:
@@ -1013,16 +754,9 @@ class FrameSubscription:
                     return
                 msg, path, key, sent_ns, received_ns = self._pending.popleft()
             taken_ns = time.monotonic_ns()
-            if not isinstance(msg, FrameRef):               # doorbell / local: a private copy
+            if isinstance(msg, _Local):                      # handed over in this process: a private copy
                 spare, self._spare = self._spare, None
-                decoded = (_CODEC.copy(msg.msg, msg.snapshot, spare) if isinstance(msg, _Local)
-                           else _CODEC.decode(msg, spare))
-                if decoded is None:                          # another build's layout: take the DDS copy
-                    self.counts['undecodable'] += 1
-                    with self._lock:
-                        self._seen.pop(key, None)
-                    continue
-                msg = decoded
+                msg = _COPIER.copy(msg.msg, msg.snapshot, spare)
             if msg.store:
                 last = self._last_sequence.get(msg.store)
                 if last is not None and msg.sequence < last:
@@ -1064,14 +798,12 @@ class FrameSubscription:
     # -- teardown ---------------------------------------------------------------------------------------------
     def stats(self) -> dict:
         out = dict(self.counts)
-        if self.bell is not None:
-            out['doorbell_received'] = self.bell.received
         if self.iox is not None:
             out.update({f'iox_{k}': v for k, v in self.iox.counts.items()})
         return out
 
     def destroy(self) -> None:
-        """Stop the thread, leave the doorbells (unregister), destroy the DDS subscription. Idempotent."""
+        """Stop the threads, release held frames and the iceoryx2 reader, destroy the DDS subscription. Idempotent."""
         if self.closed:
             return
         self.closed = True
@@ -1083,7 +815,7 @@ class FrameSubscription:
                 if not refs:
                     del _LOCAL[self._key]
             _LOCAL_VERSION[0] += 1
-        self._wake_w_send()
+        self._wakeup.set()
         self._iox_free.set()
         self._iox_wake.set()
         if threading.current_thread() is not self._thread:
@@ -1092,8 +824,6 @@ class FrameSubscription:
             self._iox_thread.join(5.0)
         if self._dispatcher != threading.get_ident() and self._dispatching.acquire(timeout=5.0):
             self._dispatching.release()                          # a callback in progress has finished
-        if self.bell is not None:
-            self.bell.close()
         with self._lock:
             held, self._pending = [item[0] for item in self._pending if item[1] == 'iox'], collections.deque()
         for msg in held:
@@ -1101,17 +831,9 @@ class FrameSubscription:
         if self.iox is not None and (self._iox_thread is None or not self._iox_thread.is_alive()
                                      or threading.current_thread() is self._iox_thread):
             self.iox.close()
-        for sock in (self._wake_r, self._wake_w):
-            sock.close()
         try:
             if self._guard is not None:
                 self.node.destroy_guard_condition(self._guard)
             self.node.destroy_subscription(self.subscription)
         except Exception:           # noqa: BLE001 - node or context already gone
-            pass
-
-    def _wake_w_send(self) -> None:
-        try:
-            self._wake_w.send(b'!')
-        except OSError:
             pass

@@ -30,7 +30,7 @@ import numpy as np
 
 try:
     import iceoryx2 as iox
-except ImportError:          # pragma: no cover - a build without the library: transport shm / image
+except ImportError:          # pragma: no cover - a build without the library: transport image
     iox = None
 
 REQUIRED = 'iceoryx2 >= 0.10, < 0.11'
@@ -47,9 +47,12 @@ class IncompatibleFrames(IoxUnavailable):
     """The service exists with another layout (a peer from another build) or another configuration."""
 
 
-class FrameHeaderV1(ctypes.Structure):
+class FrameHeaderV2(ctypes.Structure):
     """Travels in each sample's user header. The class name is part of the service's type check: change the
-    fields, change the name (V2), and a peer of the other build gets IncompatibleFrames, never a misread."""
+    fields, change the name (V3), and a peer of the other build gets IncompatibleFrames, never a misread.
+    memory: where the pixels are. MEMORY_HOST: in the sample itself. MEMORY_CUDA: in a device buffer of the
+    camera's (cuda_frames); the sample carries that buffer's CUDA IPC handle, and holding the sample keeps the
+    camera from writing that buffer (one buffer per sample of the pool)."""
     _fields_ = [
         ('sequence', ctypes.c_uint64),
         ('stamp_ns', ctypes.c_int64),           # capture time (media time in replay)
@@ -62,16 +65,18 @@ class FrameHeaderV1(ctypes.Structure):
         ('source_height', ctypes.c_uint32),
         ('scene_change', ctypes.c_float),
         ('keyframe', ctypes.c_uint8),
-        ('encoding', ctypes.c_char * 15),
+        ('memory', ctypes.c_uint8),
+        ('encoding', ctypes.c_char * 14),
         ('frame_id', ctypes.c_char * 64),
     ]
 
 
-FrameHeader = FrameHeaderV1
+FrameHeader = FrameHeaderV2
+MEMORY_HOST, MEMORY_CUDA = 0, 1
 HEADER_FIELDS = tuple(name for name, _ in FrameHeader._fields_)
 # The consumer reads the header with one unpack (measured cold, after a 33 ms idle: ~150 us through the ctypes
 # fields, one call this way); the layout is checked against the ctypes one at import.
-_HEADER = struct.Struct('<QqqqIIIIIfB15s64s')
+_HEADER = struct.Struct('<QqqqIIIIIfBB14s64s')
 assert _HEADER.size == ctypes.sizeof(FrameHeader) and FrameHeader.frame_id.offset == 72, 'header layouts differ'
 
 
@@ -115,7 +120,7 @@ def _node():
     stop handling (nodes/process_stop.py) owns SIGINT and SIGTERM."""
     global _NODE
     if iox is None:
-        raise IoxUnavailable(f'the iceoryx2 package is not installed ({REQUIRED}); use transport shm or image')
+        raise IoxUnavailable(f'the iceoryx2 package is not installed ({REQUIRED}); use transport image')
     with _NODE_LOCK:
         if _NODE is None:
             _quiet()
@@ -192,11 +197,14 @@ def _pixels(sample, height: int, width: int, channels: int, writable: bool) -> n
 
 
 class Loan:
-    """A loaned sample: fill `array` (HxWxC uint8, the shared memory itself), then publisher.send(loan)."""
-    __slots__ = ('sample', 'header', 'array')
+    """A loaned sample: fill `array` (HxWxC uint8, the shared memory itself; for a CUDA frame the control
+    bytes), then publisher.send(loan). `address`: where the sample's payload is in this process, the same for
+    every loan of the same pool chunk (cuda_frames keys its device buffers by it)."""
+    __slots__ = ('sample', 'header', 'array', 'address')
 
     def __init__(self, sample, header, array):
         self.sample, self.header, self.array = sample, header, array
+        self.address = sample.payload_ptr
 
 
 class IoxFramePublisher:
@@ -222,7 +230,20 @@ class IoxFramePublisher:
         sample = self.publisher.loan_slice_uninit(int(height) * int(width) * channels)
         header = sample.user_header().contents
         header.height, header.width, header.channels, header.encoding = height, width, channels, encoding.encode()
+        header.memory = MEMORY_HOST
         return Loan(sample, header, _pixels(sample, int(height), int(width), channels, writable=True))
+
+    def loan_control(self, height: int, width: int, nbytes: int, encoding: str = 'bgr8') -> Loan:
+        """A sample for a frame held elsewhere (MEMORY_CUDA): `array` is nbytes of control data to fill."""
+        channels = CHANNELS.get(encoding)
+        if channels is None:
+            raise ValueError(f'encoding {encoding!r} cannot travel as a frame sample; use one of {sorted(CHANNELS)}')
+        sample = self.publisher.loan_slice_uninit(int(nbytes))
+        header = sample.user_header().contents
+        header.height, header.width, header.channels, header.encoding = height, width, channels, encoding.encode()
+        header.memory = MEMORY_CUDA
+        array = np.frombuffer((ctypes.c_uint8 * nbytes).from_address(sample.payload_ptr), np.uint8)
+        return Loan(sample, header, array)
 
     def send(self, loan: Loan, **fields) -> None:
         """Publish a filled loan; fields: any of HEADER_FIELDS (sequence, stamp_ns, ...)."""
@@ -236,6 +257,7 @@ class IoxFramePublisher:
         self.counts['sent'] += 1
 
     def abandon(self, loan: Loan) -> None:
+        loan.array.flags.writeable = False   # the producer's view must not write into a sample back in the pool
         loan.array = None
         loan.sample.delete()                 # back to the pool, never sent
         self.counts['abandoned'] += 1
@@ -248,8 +270,9 @@ class IoxFramePublisher:
 
 class Received:
     """A frame held in shared memory: `array` (read-only view) and the header's fields as attributes. Valid
-    until release(); the writer cannot reuse the sample before that."""
-    __slots__ = ('_sample', 'array') + HEADER_FIELDS
+    until release(); the writer cannot reuse the sample before that. A MEMORY_CUDA frame has no `array`; its
+    `control` bytes name the device buffer (cuda_frames.DeviceFrames maps them)."""
+    __slots__ = ('_sample', 'array', 'control') + HEADER_FIELDS
 
     def __init__(self, sample):
         self._sample = sample
@@ -258,7 +281,12 @@ class Received:
             setattr(self, name, value)
         self.encoding = self.encoding.split(b'\0', 1)[0].decode(errors='replace')
         self.frame_id = self.frame_id.split(b'\0', 1)[0].decode(errors='replace')
-        self.array = _pixels(sample, self.height, self.width, self.channels, writable=False)
+        if self.memory == MEMORY_CUDA:
+            self.array = None
+            self.control = ctypes.string_at(sample.payload_ptr, sample.header.number_of_elements)
+        else:
+            self.control = None
+            self.array = _pixels(sample, self.height, self.width, self.channels, writable=False)
 
     def release(self) -> None:
         if self._sample is not None:

@@ -1,7 +1,7 @@
-"""FrameRefs of frames carried by iceoryx2 (transport "iox"), and the frames this process holds.
+"""FrameRefs of frames carried by iceoryx2 (transports "iox" and "cuda"), and the frames this process holds.
 
-A FrameRef with transport "iox" names the camera's frame service (`store`) and the frame's sequence
-(`generation`; `slot` is 0). The pixels are found
+A FrameRef with transport "iox" or "cuda" names the camera's frame service (`store`) and the frame's sequence
+(`generation`; `slot` is 0). The pixels ("cuda": the device buffer the sample names) are found
 
 - in a frame a FrameSubscription of this process holds while its callback runs (`HELD`): resolve copies it,
   borrow views it in place; or
@@ -14,7 +14,6 @@ from __future__ import annotations
 import atexit
 import threading
 
-import numpy as np
 
 from ..msg import FrameRef
 from . import iox_frames
@@ -43,7 +42,9 @@ def frame_ref(frame: iox_frames.Received, store: str, msg: FrameRef | None = Non
     header._stamp._sec, header._stamp._nanosec = divmod(frame.stamp_ns, 1_000_000_000)
     header._frame_id = frame.frame_id
     msg._sequence = msg._generation = frame.sequence
-    msg._transport, msg._store, msg._slot = FrameRef.TRANSPORT_IOX, store, 0
+    cuda = frame.memory == iox_frames.MEMORY_CUDA
+    msg._transport = FrameRef.TRANSPORT_CUDA if cuda else FrameRef.TRANSPORT_IOX
+    msg._store, msg._slot = store, 0
     msg._width, msg._height, msg._encoding = frame.width, frame.height, frame.encoding
     msg._source_width, msg._source_height = frame.source_width, frame.source_height
     msg._scene_change, msg._keyframe = frame.scene_change, bool(frame.keyframe)
@@ -81,16 +82,42 @@ _OBSERVERS_LOCK = threading.Lock()
 
 def _check(msg: FrameRef) -> None:
     if msg.encoding not in iox_frames.CHANNELS:
-        raise FrameLost(f'iox FrameRef with encoding {msg.encoding!r}; frame samples carry '
+        raise FrameLost(f'{msg.transport} FrameRef with encoding {msg.encoding!r}; frame samples carry '
                         f'{sorted(iox_frames.CHANNELS)}')
 
 
-def resolve(msg: FrameRef) -> np.ndarray:
-    """A private copy of the frame's pixels; FrameLost with the reason when this process cannot reach them."""
+def _device_frames():
+    from . import cuda_frames
+    try:
+        return cuda_frames.device_frames()
+    except RuntimeError as err:            # no torch / no CUDA in this process
+        raise FrameLost(f'CUDA frame: {err}') from None
+
+
+def synchronize(tensor) -> None:
+    """Wait for this process's GPU work on a cuda frame (before its sample is released)."""
+    _device_frames().synchronize(tensor)
+
+
+def _copy(msg: FrameRef, frame: iox_frames.Received):
+    if frame.control is None:
+        return frame.array.copy()
+    frames = _device_frames()
+    tensor = frames.view(frame.control, msg.store)
+    out = tensor.clone()                   # device to device
+    frames.synchronize(out)                # done before the sample can be released
+    return out
+
+
+def resolve(msg: FrameRef):
+    """A private copy of the frame's pixels (cuda: a device tensor); FrameLost with the reason when this process
+    cannot reach them."""
     _check(msg)
+    if msg.transport == FrameRef.TRANSPORT_CUDA:
+        _device_frames()                   # FrameLost at once, naming CUDA, in a process without it
     held = HELD.get(msg.store, msg.generation)
     if held is not None:
-        return held.array.copy()
+        return _copy(msg, held)
     with _OBSERVERS_LOCK:
         reader = _OBSERVERS.get(msg.store)
         if reader is None:
@@ -105,15 +132,19 @@ def resolve(msg: FrameRef) -> np.ndarray:
             newest = reader.last_sequence
             raise FrameLost(f'frame {msg.generation} of {msg.store!r} is no longer held (the last '
                             f'{reader.keep} are; newest {newest})')
-        return frame.array.copy()          # under the lock: the reader cannot release it meanwhile
+        return _copy(msg, frame)           # under the lock: the reader cannot release it meanwhile
 
 
-def view(msg: FrameRef) -> np.ndarray:
-    """In place when a subscription of this process holds the frame (valid during its callback); a copy
-    otherwise."""
+def view(msg: FrameRef):
+    """In place when a subscription of this process holds the frame (valid during its callback; cuda: the device
+    buffer, whose stream is synchronised by the caller, frame_transport.borrow); a copy otherwise."""
     _check(msg)
     held = HELD.get(msg.store, msg.generation)
-    return held.array if held is not None else resolve(msg)
+    if held is None:
+        return resolve(msg)
+    if held.control is None:
+        return held.array
+    return _device_frames().view(held.control, msg.store)
 
 
 @atexit.register
