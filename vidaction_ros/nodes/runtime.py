@@ -143,7 +143,7 @@ def exit_process(code: int) -> None:
     shut down). Measured: letting the interpreter tear down lifecycle nodes' C++ handles aborted the process
     ("terminate called without an active exception", exit -6) on every SIGINT, so a clean stop looked like a
     crash to launch and systemd. Nothing is left to finalise, so end here with the real exit code."""
-    # os._exit skips atexit: run its handlers first (the doorbell removes its socket directory there).
+    # os._exit skips atexit: run its handlers first (iox_frames drops its iceoryx2 node there, so its files go).
     try:
         atexit._run_exitfuncs()
     except Exception:  # noqa: BLE001 - a failing handler must not change how the process ends

@@ -64,7 +64,7 @@ def find_store(name: str) -> InprocFrameStore:
         store = _STORES.get(name)
     if store is None:
         raise FrameLost(f'in-process frame store {name!r} is not in this process: the camera runs in another '
-                        f'process, so run the nodes composed or set the camera parameter transport:=shm (same '
+                        f'process, so run the nodes composed or set the camera parameter transport:=iox (same '
                         f'host) or transport:=image')
     return store
 
