@@ -1,9 +1,8 @@
 #!/usr/bin/env python3
-"""Frame transport per-hop latency: sensor_msgs/Image through rclpy vs the shared-memory ring vs composed.
+"""Frame transport per-hop latency: sensor_msgs/Image through rclpy vs iceoryx2 vs composed.
 
     python bench/transport.py [--frames 600] [--rate 30] [--sizes 640x480,1920x1080]
-                              [--modes image,shm,shm_view,shm_loan_bell,shm_loan_bell_view,inproc,inproc_bell,
-                                       iox_loan,iox_loan_view]
+                              [--modes image,inproc,inproc_direct,inproc_inline,iox_loan,iox_loan_view]
                               [--qos reliable|best_effort|lockstep] [--dispatch thread|executor] [--json PATH]
 
 A hop is timed from the moment the producer hands a filled bgr8 frame to the transport until the consumer's
@@ -13,33 +12,30 @@ header stamp). Frames: the first 30 of the bundled demo video (10 fps) scaled to
 (default: the camera's keep-last-1 frame profile, made reliable), best_effort (qos.FRAME as the live camera
 uses it; Fast DDS then drops most large Image samples, so the baseline's latency describes only the few
 that survive) or lockstep (qos.FRAME_LOCKSTEP, reliable depth 10: a slow consumer queues instead of drops):
-  image   sensor_msgs/Image published by one process, received and decoded by another (the baseline);
-  shm     FrameSender(mode='shm') in one process: pixels into the shared-memory ring, a FrameRef over DDS;
-          transport.resolve() in another process copies them out;
-  shm_view the same, but the consumer reads the slot in place (transport.borrow, validated after use);
-  inproc  composed: producer and consumer nodes in one process, FrameRef over DDS, frame by reference.
-  shm_loan_bell       the producer fills a loaned ring slot in place (FrameSender.loan; the fill is not part
-                      of the hop: the hop starts at send_loaned, when the filled frame is handed over), the
-                      consumer (transport.FrameSubscription) is told by the ring's Unix-socket doorbell, not
-                      by DDS (the FrameRef still goes over DDS; that duplicate is dropped), and copies out;
-  iox_loan / iox_loan_view  transport iox: the producer fills a loaned iceoryx2 sample, the consumer's
-                      FrameSubscription is woken by an iceoryx2 event and takes the sample (no DDS on the
-                      hop; the FrameRef on DDS is ignored there), then copies it out / reads it in place;
-  shm_loan_bell_view  the same, read in place (borrow, validated after use: "holds a readable frame" is a
-                      validated borrowed view);
-  inproc_bell         composed, with a FrameSubscription: the FrameRef handed over in-process to the
-                      subscription's thread (or executor, --dispatch executor), DDS duplicate dropped;
-  inproc_inline       the same with dispatch='inline': the callback runs on the producer's thread (send
-                      returns after it), no thread hand-off.
-  --dispatch says where FrameSubscription runs the callback in the other doorbell modes (its own thread, or
-  the executor).
-The doorbell modes also report where the time goes (JSON "breakdown", printed below the table), in hop order:
-producer (send_loaned / send until the datagram leaves, or until the in-process hand-off is queued: commit,
-serialize the FrameRef, sendto), doorbell (datagram sent until the consumer's thread has it: kernel + wake-up),
-queue (from there until the dispatcher takes it: duplicate check, queueing, thread wake-up for in-process),
-deserialize (the FrameRef's private copy, until the callback is called), read (resolve's copy-out or
-borrow's validation, in the callback; all shm/inproc modes). fill is the producer's memcpy into the loaned
-slot, outside the hop (the camera's cv2.resize into the slot replaces it).
+  image          sensor_msgs/Image published by one process, received and decoded by another (the baseline);
+  inproc         composed: producer and consumer nodes in one process, FrameRef over DDS (direct hand-off
+                 off), frame by reference (transport.resolve gives the producer's very array);
+  inproc_direct  composed, with a FrameSubscription: the FrameRef handed over in-process to the
+                 subscription's thread (or executor, --dispatch executor), DDS duplicate dropped;
+  inproc_inline  the same with dispatch='inline': the callback runs on the producer's thread (send returns
+                 after it), no thread hand-off;
+  iox_loan / iox_loan_view  transport iox, two processes: the producer fills a loaned iceoryx2 sample in
+                 place (FrameSender.loan; the fill is not part of the hop: the hop starts at send_loaned,
+                 when the filled frame is handed over), the consumer's FrameSubscription is woken by an
+                 iceoryx2 event and takes the sample (no DDS on the hop; the FrameRef on DDS is ignored
+                 there), then copies it out (transport.resolve) / reads it in place (transport.borrow; the
+                 sample is held until the callback returns, so it cannot be overwritten while read).
+  --dispatch says where FrameSubscription runs the callback in inproc_direct and the iox modes (its own
+  thread, or the executor).
+The shared-memory ring rows (shm, shm_view, shm_loan_bell, shm_loan_bell_view) were removed with the ring and
+its Unix-socket doorbell (replaced by iceoryx2); their last measured figures are in docs/transport.md.
+The FrameSubscription modes also report where the time goes (JSON "breakdown", printed below the table), in
+hop order: handoff (from the hand-off until the subscription has the frame: in-process, the sender queueing
+it; iox, send + event + wake-up + taking the sample and rebuilding its FrameRef), queue (from there until the
+dispatcher takes it: thread wake-up for in-process hand-offs), copy (the in-process FrameRef's private copy,
+until the callback is called; iox: bookkeeping only, its FrameRef was rebuilt in handoff), read (resolve's
+copy-out or borrow's view, in the callback; also the inproc row). fill is the producer's memcpy into the
+loaned sample, outside the hop (the camera's cv2.resize into the sample replaces it).
 Prints a table with ratios against the image baseline of the same size; --json writes
 {"results": [{"mode", "width", "height", "p50_ms", "p99_ms", "max_ms", "delivered", "dropped", ...}], ...}.
 CPU % is producer + consumer process CPU time over the measured window, as a percentage of one core.
@@ -78,16 +74,19 @@ from vidaction_ros.transport.frame_store import FrameLost  # noqa: E402
 from vidaction_ros.msg import FrameRef  # noqa: E402
 from vidaction_ros.transport.frame_transport import FrameSender, FrameSubscription, borrow, resolve  # noqa: E402
 
-LABELS = {'image': 'sensor_msgs/Image (rclpy)', 'shm': 'shm ring, resolve (copy out)',
-          'shm_view': 'shm ring, borrow (view)',
-          'shm_loan_bell': 'shm loan+doorbell, resolve', 'shm_loan_bell_view': 'shm loan+doorbell, borrow',
-          'inproc': 'composed (by reference)', 'inproc_bell': 'composed, direct hand-off',
+LABELS = {'image': 'sensor_msgs/Image (rclpy)',
+          'inproc': 'composed (by reference)', 'inproc_direct': 'composed, direct hand-off',
           'inproc_inline': 'composed, inline call',
           'iox_loan': 'iceoryx2 loan+event, resolve', 'iox_loan_view': 'iceoryx2 loan+event, borrow'}
-BELL_MODES = ('shm_loan_bell', 'shm_loan_bell_view', 'inproc_bell', 'inproc_inline', 'iox_loan', 'iox_loan_view')
-LOANED = ('shm_loan_bell', 'shm_loan_bell_view', 'iox_loan', 'iox_loan_view')
-VIEWED = ('shm_loan_bell_view', 'iox_loan_view')
-COMPOSED = ('inproc', 'inproc_bell', 'inproc_inline')
+TRANSPORT = {'inproc': 'inproc', 'inproc_direct': 'inproc', 'inproc_inline': 'inproc',
+             'iox_loan': 'iox', 'iox_loan_view': 'iox'}       # FrameSender mode of each FrameRef mode
+DIRECT_MODES = ('inproc_direct', 'inproc_inline', 'iox_loan', 'iox_loan_view')   # through a FrameSubscription
+LOANED = ('iox_loan', 'iox_loan_view')
+VIEWED = ('iox_loan_view',)
+COMPOSED = ('inproc', 'inproc_direct', 'inproc_inline')
+REMOVED = {'shm': 'removed with the shm ring', 'shm_view': 'removed with the shm ring',
+           'shm_loan_bell': 'removed with the shm ring', 'shm_loan_bell_view': 'removed with the shm ring',
+           'inproc_bell': 'renamed inproc_direct'}
 WARM = 'warm'          # header.frame_id of warm-up frames; measured frames carry their index
 # The camera's frame profile (qos.FRAME: keep last 1, newest wins) made reliable, so that large Image
 # samples are not lost to fragment drops; 'best_effort' is qos.FRAME as is, 'lockstep' qos.FRAME_LOCKSTEP.
@@ -116,7 +115,7 @@ class Recorder:
         self.window = None         # (cpu, wall) at the first measured frame
         self.last = None           # (cpu, wall) at the latest measured frame
         self.read_ms: list[float] = []   # resolve / borrow time of measured frames
-        self.subscription = None   # FrameSubscription of the doorbell modes
+        self.subscription = None   # FrameSubscription of the direct modes
         self.lock = threading.Lock()
 
     def record(self, msg, frame, t1_ns: int, t0_ns: int = 0) -> None:
@@ -146,22 +145,15 @@ class Recorder:
         if sub is not None:
             measured = len(self.latency_ms)
             trace = [t for t in list(sub.trace or [])[-measured:] if t[0] != 'dds'] if measured else []
-            # (path, stamp, sent, received, taken, dispatched): see FrameSubscription.trace
+            # (path, stamp, sent, received, taken, dispatched): see FrameSubscription.trace (sent is 0)
             parts = out['breakdown']
-            bell = [t for t in trace if t[0] == 'bell']
-            if bell:
-                parts['producer'] = pct([(tx - t0) / 1e6 for _, t0, tx, _, _, _ in bell])
-                parts['doorbell'] = pct([(rx - tx) / 1e6 for _, _, tx, rx, _, _ in bell])
-            local = [t for t in trace if t[0] == 'local']
-            if local:
-                parts['producer'] = pct([(rx - t0) / 1e6 for _, t0, _, rx, _, _ in local])
-            woken = [t for t in trace if t[0] == 'iox']
-            if woken:                 # hand-off until the consumer's thread is woken; then taking the sample
-                parts['producer+event'] = pct([(tw - t0) / 1e6 for _, t0, tw, _, _, _ in woken])
-                parts['take'] = pct([(rx - tw) / 1e6 for _, _, tw, rx, _, _ in woken])
             if trace:
+                read = parts.pop('read', None)          # hop order: handoff, queue, copy, read
+                parts['handoff'] = pct([(rx - t0) / 1e6 for _, t0, _, rx, _, _ in trace])
                 parts['queue'] = pct([(tk - rx) / 1e6 for _, _, _, rx, tk, _ in trace])
-                parts['deserialize'] = pct([(go - tk) / 1e6 for _, _, _, _, tk, go in trace])
+                parts['copy'] = pct([(go - tk) / 1e6 for _, _, _, _, tk, go in trace])
+                if read:
+                    parts['read'] = read
             parts['paths'] = sub.stats()
         return out
 
@@ -176,17 +168,17 @@ def pct(values_ms) -> dict:
 
 
 def subscribe(node: Node, mode: str, recorder: Recorder, profile, dispatch: str = 'thread') -> None:
-    if mode in BELL_MODES:
+    if mode in DIRECT_MODES:
         view = mode in VIEWED
 
         def on_frame(msg):
             t0 = time.monotonic_ns()
             try:
                 if view:
-                    with borrow(msg) as frame:        # a validated view: no copy at all
+                    with borrow(msg) as frame:        # the held sample in place: no copy at all
                         int(frame[-1, -1, -1])
                 else:
-                    frame = resolve(msg)              # shm: one memcpy out; inproc: the very array
+                    frame = resolve(msg)              # iox: one memcpy out; inproc: the very array
             except FrameLost:
                 frame = None
             recorder.record(msg, frame, time.monotonic_ns(), t0)
@@ -197,22 +189,11 @@ def subscribe(node: Node, mode: str, recorder: Recorder, profile, dispatch: str 
             frame = image_to_bgr(msg)                 # a readable bgr8 array over the received bytes
             recorder.record(msg, frame, time.monotonic_ns())
         node.create_subscription(Image, 'bench/image', on_image, profile)
-    elif mode == 'shm_view':
-        def on_borrowed(msg):
-            t0 = t1 = time.monotonic_ns()
-            try:
-                with borrow(msg) as frame:            # a validated view: no copy at all
-                    t1 = time.monotonic_ns()
-                    int(frame[-1, -1, -1])            # readable
-            except FrameLost:
-                frame = None                          # overwritten while held: counted as lost
-            recorder.record(msg, frame, t1, t0)
-        node.create_subscription(FrameRef, 'bench/frame', on_borrowed, profile)
     else:
         def on_ref(msg):
             t0 = time.monotonic_ns()
             try:
-                frame = resolve(msg)                  # shm: one memcpy out; inproc: the very array
+                frame = resolve(msg)                  # inproc: the very array
             except FrameLost:
                 frame = None
             recorder.record(msg, frame, time.monotonic_ns(), t0)
@@ -276,19 +257,16 @@ def make_send(node: Node, mode: str, width: int, height: int, qos_name: str, fil
             stamp(msg, t_ns, frame_id)
             pub.publish(msg)
         return send, pub.get_subscription_count, lambda: None
-    transport = {'shm_view': 'shm', 'shm_loan_bell': 'shm', 'shm_loan_bell_view': 'shm',
-                 'inproc_bell': 'inproc', 'inproc_inline': 'inproc', 'iox_loan': 'iox',
-                 'iox_loan_view': 'iox'}.get(mode, mode)
-    # The DDS-only modes stay DDS-only (doorbell off), so the old rows keep measuring the old path.
-    sender = FrameSender(node, transport, topic='bench/frame', max_frame=(width, height),
-                         qos_profile=QOS[qos_name], doorbell=mode in BELL_MODES)
+    # The DDS-only mode (inproc) stays DDS-only (direct hand-off off): it measures the FrameRef over DDS.
+    sender = FrameSender(node, TRANSPORT[mode], topic='bench/frame', max_frame=(width, height),
+                         qos_profile=QOS[qos_name], direct=mode in DIRECT_MODES)
     loaned = mode in LOANED
 
     def send(frame, frame_id):
         msg = FrameRef()
         if loaned:
             t_fill = time.monotonic_ns()
-            view = sender.loan(height, width)         # the slot itself: the producer renders into it
+            view = sender.loan(height, width)         # the sample itself: the producer renders into it
             np.copyto(view, frame)                    # (the camera: cv2.resize(src, (w, h), dst=view))
             t_ns = time.monotonic_ns()                # hand-off of the filled frame: the hop starts
             fill_ms.append((t_ns - t_fill) / 1e6)
@@ -326,8 +304,8 @@ def run_one(mode: str, frames: list[np.ndarray], count: int, rate: float, qos_na
             if time.monotonic() > deadline:
                 raise RuntimeError('the consumer never matched the publisher')
             time.sleep(0.05)
-        # Warm-up at the rate until the consumer has had 20 frames: the first resolve opens the ring, and the
-        # ring's 8 slots take their first-touch page faults (tmpfs is sparse), which is start-up cost.
+        # Warm-up at the rate until the consumer has had 20 frames: the consumer's iceoryx2 reader opens once the
+        # service exists, and the sample pool's chunks take their first-touch page faults: start-up cost.
         deadline = time.monotonic() + 60
         i = 0
         while True:
@@ -379,7 +357,7 @@ def run_one(mode: str, frames: list[np.ndarray], count: int, rate: float, qos_na
     if fill_ms:
         breakdown['fill'] = pct(fill_ms)
     return {'mode': mode, 'label': LABELS[mode], 'width': width, 'height': height, 'rate_hz': rate, 'qos': qos_name,
-            'dispatch': ('inline' if mode == 'inproc_inline' else dispatch) if mode in BELL_MODES else 'executor',
+            'dispatch': ('inline' if mode == 'inproc_inline' else dispatch) if mode in DIRECT_MODES else 'executor',
             'breakdown': breakdown,
             'sent': count, 'delivered': delivered, 'dropped': count - delivered, 'lost_frames': summary['lost'],
             'p50_ms': float(np.percentile(lat, 50)) if delivered else float('nan'),
@@ -411,7 +389,8 @@ def table(results: list[dict]) -> str:
                       if isinstance(v, dict) and 'p50_ms' in v]
             paths = r['breakdown'].get('paths')
             if paths:
-                shown = ('bell', 'local', 'iox', 'dds', 'duplicates', 'stale', 'overflow')
+                shown = ('local', 'iox', 'dds', 'duplicates', 'stale', 'overflow', 'errors', 'iox_early',
+                         'iox_dropped')
                 pieces.append('paths ' + ' '.join(f'{k}={paths[k]}' for k in shown if paths.get(k)))
             lines.append(f"  {r['width']}x{r['height']:<6}{r['label']:<29}" + '  '.join(pieces))
     return '\n'.join(lines)
@@ -425,7 +404,7 @@ def main(argv=None) -> int:
     parser.add_argument('--modes', default=','.join(LABELS), help='comma-separated subset of ' + ','.join(LABELS))
     parser.add_argument('--qos', default='reliable', choices=sorted(QOS), help='QoS of every mode')
     parser.add_argument('--dispatch', default='thread', choices=('thread', 'executor'),
-                        help='where FrameSubscription runs the callback in the doorbell modes (but inproc_inline)')
+                        help='where FrameSubscription runs the callback in the direct modes (but inproc_inline)')
     parser.add_argument('--json', default='', help='write the results here')
     parser.add_argument('--consume', default='', help=argparse.SUPPRESS)   # internal: the consumer process
     args = parser.parse_args(argv)
@@ -436,6 +415,9 @@ def main(argv=None) -> int:
         exit_process(consume(args.consume, args.qos, args.dispatch))
     modes = [m for m in args.modes.split(',') if m]
     unknown = set(modes) - set(LABELS)
+    gone = sorted(unknown & set(REMOVED))
+    if gone:
+        parser.error('; '.join(f'mode {m} was {REMOVED[m]}' for m in gone) + f'; choose from {list(LABELS)}')
     if unknown:
         parser.error(f'unknown modes {sorted(unknown)}; choose from {list(LABELS)}')
     results = []
@@ -449,7 +431,7 @@ def main(argv=None) -> int:
         del frames
     print(table(results))
     print(f"(p50 x / p99 x: image-baseline latency divided by this row's, same size, same run; "
-          f"{args.frames} frames at {args.rate:g} Hz; QoS {args.qos}; doorbell dispatch {args.dispatch}; "
+          f"{args.frames} frames at {args.rate:g} Hz; QoS {args.qos}; direct dispatch {args.dispatch}; "
           f"{os.cpu_count()} CPUs; "
           f"{os.environ['RMW_IMPLEMENTATION']})")
     if args.json:

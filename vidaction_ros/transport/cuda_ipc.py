@@ -39,7 +39,7 @@ def available() -> bool:
 def _require_cuda():
     if not available():
         raise RuntimeError('CUDA IPC needs torch with a CUDA device; this process has none '
-                           '(use the shm transport, which copies host frames)')
+                           '(use the iox transport, which shares host frames)')
     import torch
     return torch
 

@@ -710,7 +710,7 @@ class FrameSubscription:
             spare = None
             with self._lock:
                 self._iox_free.clear()
-                self._enqueue(msg, 'iox', (reader.name, 0, frame.sequence), woken_ns)
+                self._enqueue(msg, 'iox', (reader.name, 0, frame.sequence), received_ns=woken_ns)
             if self.dispatch == 'executor':
                 self._wake()
             else:
