@@ -75,7 +75,7 @@ TINY_TEXT = dict(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden
 def tower_backend(tower: str, device: str, precision: str, threads: int, cuda_graph: bool = False):
     """A clip_hf (cpu) / torch_cuda (cuda) backend whose model is the `tower` image tower with random
     weights, built in memory from its configuration instead of loaded from a directory. Everything else
-    (preprocessing, _encode_images, the output checks, L2) is the backend's own code."""
+    (preprocessing, _forward, the output checks, L2) is the backend's own code."""
     from vidaction_ros.perception.backends.clip_torch import ClipTorchBackend, TorchCudaBackend
     base = TorchCudaBackend if device.startswith('cuda') else ClipTorchBackend
     cfg = TOWERS[tower]

@@ -75,7 +75,10 @@ def run_until_frame_decided(args: list[str], last_sequence: int, log_path, timeo
     collector = ActionCollector(context=context, lockstep='--lockstep' in args)
     proc = start_pipeline(*args, log_path=str(log_path))
     try:
-        complete = collector.wait_for(lambda m: any(a.frame_sequence == last_sequence for a in m), timeout=timeout)
+        # Ends early when the pipeline exits (a start-up failure): its log says why, no need to wait it out.
+        complete = collector.wait_for(lambda m: any(a.frame_sequence == last_sequence for a in m)
+                                      or proc.poll() is not None, timeout=timeout)
+        complete = complete and collector.wait_for(lambda m: any(a.frame_sequence == last_sequence for a in m), 0)
         code = stop_group(proc)
     finally:
         if proc.poll() is None:

@@ -64,3 +64,32 @@ def test_pipeline_runs_on_a_clip_exported_to_onnx(tmp_path, video_path):
         assert action.capture_to_decide_ms >= action.embed_ms > 0
         if action.trigger == 'prompt':
             assert math.isfinite(action.score) and action.matched_prompt in prompts
+
+
+def test_device_scores_travel_in_the_embedding_and_decide_as_the_policy_would(tmp_path, video_path):
+    # Four processes: the embedder (clip_hf, torch, CPU here; CUDA on a robot) scores the policy's prompt
+    # rules with the embedding and sends the scores in the Embedding; the policy decides with them. The same
+    # frames with prompt_scoring policy (the policy scores the vectors) are the reference: same actions, same
+    # scores within float32 rounding.
+    hf_dir = tiny_models.build('clip', tmp_path / 'hf')
+    runs = {}
+    for mode in ('embedder', 'policy'):
+        actions, complete, code, text = run_until_frame_decided(
+            ['--mode', 'processes', '--lockstep', '--source', video_path,
+             '--backend', 'clip_hf', '--model_path', str(hf_dir),
+             '--set', f'embedder.prompt_scoring={mode}',
+             '--set', 'camera.max_frames=12', '--set', 'camera.lockstep_action_subscribers=2',
+             '--set', 'camera.lockstep_settle_s=5.0'], 11, tmp_path / f'pipeline_{mode}.log', timeout=300)
+        assert complete and code == 0, f'prompt_scoring={mode}: {text[-3000:]}'
+        runs[mode] = (sorted(actions, key=lambda a: a.frame_sequence), text)
+    on_actions, on_text = runs['embedder']
+    off_actions, off_text = runs['policy']
+    assert 'scored on cpu with the embedding' in on_text and 'deciding with the prompt scores' in on_text
+    assert 'scoring the vectors here' not in on_text
+    assert 'deciding with the prompt scores' not in off_text
+    assert [a.frame_sequence for a in on_actions] == [a.frame_sequence for a in off_actions] == list(range(12))
+    for on, off in zip(on_actions, off_actions):
+        assert (on.action, on.trigger, on.matched_prompt) == (off.action, off.trigger, off.matched_prompt)
+        assert [s.name for s in on.scores] == [s.name for s in off.scores]
+        for a, b in zip(on.scores, off.scores):
+            assert (math.isnan(a.score) and math.isnan(b.score)) or abs(a.score - b.score) <= 1e-5, (a, b)

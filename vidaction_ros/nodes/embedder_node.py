@@ -15,7 +15,7 @@ from ..conversions import ms_between, to_time
 from ..diagnostics import DiagnosticsPublisher, RateMeter, health
 from ..transport.frame_store import FrameLost
 from ..ingest.image_codec import ImageFormatError
-from ..msg import Detection, Embedding, FrameRef, RegionEmbedding
+from ..msg import Detection, Embedding, FrameRef, PromptScore, RegionEmbedding
 from ..params import Param
 from ..paths import resolve_policy_file
 from ..stats import LatencyWindow
@@ -51,6 +51,10 @@ PARAMS = BACKEND_PARAMS + [
     Param('cuda_graph', True, 'torch_cuda: replay the image encoder from CUDA graphs (the batch sizes live '
           'frames need, 1 and 1 + policy regions, captured at configure; any other the second time it occurs); '
           'false = eager'),
+    Param('prompt_scoring', 'auto', 'where the policy\'s prompt rules are scored: embedder (with the embedding, on the '
+          'backend\'s device, in the same computation: inside the CUDA graph on torch_cuda; the scores travel in the '
+          'Embedding; torch backends: clip_hf, torch_cuda), policy (the policy node scores the vectors), auto '
+          '(embedder for torch backends on CUDA, else policy)', choices=('auto', 'embedder', 'policy')),
     Param('borrow_frames', False, 'iox / cuda transports: embed the frame in place (the iceoryx2 sample, the '
           'device buffer: held, so never rewritten, until the callback returns) instead of a private copy (~0.1 ms '
           'at 640x480). Composed mode is by reference either way'),
@@ -84,6 +88,7 @@ class EmbedderNode(ManagedNode):
         self.backend = None
         self.frames: FrameSubscription | None = None
         self.regions = []
+        self.score_table = None                # policy/score_table.ScoreTable when the backend scores
         self.warmed_batches: list[int] = []    # batch sizes run at configure (backend.warm_up)
         self._rates = RateMeter()
         self.diagnostics = DiagnosticsPublisher(self, self._diagnostics)
@@ -96,6 +101,7 @@ class EmbedderNode(ManagedNode):
         self.backend = create_backend(self.p['backend'], **backend_params(self.p, self.get_logger()))
         self.backend.activate()
         loaded = time.monotonic()
+        self.score_table = self._attach_score_table()
         # Every batch size live frames need is run (on CUDA: captured) before activation, not on a live frame.
         self.warmed_batches = self.backend.warm_up(self.regions)
         self.get_logger().info(f'backend {self.backend.name} ({self.backend.model_id}, dim {self.backend.dim}) '
@@ -113,6 +119,27 @@ class EmbedderNode(ManagedNode):
         # releases the backend.
         self.frames = FrameSubscription(self, 'camera/frame', self._on_frame, qos.frame_qos(self.p['lockstep']),
                                         dispatch=self.p['frame_dispatch'])
+
+    def _attach_score_table(self):
+        """The policy's prompt rules scored with the embedding on the backend's device (parameter prompt_scoring):
+        the prompts are embedded here once, as the policy node does; None when this backend does not score."""
+        mode = self.p['prompt_scoring']
+        can = hasattr(self.backend, 'attach_score_table')
+        if mode == 'policy' or (mode == 'auto' and not (can and str(self.backend.device).startswith('cuda'))):
+            return None
+        if not can:
+            raise ValueError(f"parameter 'prompt_scoring': embedder needs a torch backend (clip_hf, torch_cuda), "
+                             f"got backend {self.backend.name}; set it to auto or policy")
+        from ..policy import PolicyEngine, load_policy
+        from ..policy.score_table import build_score_table
+        engine = PolicyEngine(load_policy(resolve_policy_file(self.p['policy_file'])), self.backend.embed_texts,
+                              logger=self.get_logger())
+        table = build_score_table(engine, [r.name for r in self.regions], self.backend.model_id)
+        self.backend.attach_score_table(table)
+        if table is not None:
+            self.get_logger().info(f'prompt rules {list(table.rules)} scored on {self.backend.device} with the '
+                                   f'embedding (prompt set {table.digest})')
+        return table
 
     def cleanup(self) -> None:
         if self.frames is not None:
@@ -167,6 +194,10 @@ class EmbedderNode(ManagedNode):
         msg.detections = [Detection(label=d.label, confidence=float(d.confidence), x_min=float(d.x0),
                                     y_min=float(d.y0), x_max=float(d.x1), y_max=float(d.y1),
                                     regions=list(d.regions)) for d in result.detections]
+        if result.scores is not None and self.score_table is not None:
+            msg.scores = [PromptScore(rule=name, score=score, best_prompt=best)
+                          for name, (score, best) in result.scores.items()]
+            msg.scores_digest = self.score_table.digest
         msg.times = times
         self.publisher.publish(msg)
         self.counts['embedded'] += 1

@@ -20,6 +20,7 @@ from ..msg import Action, MemoryContext, RuleScore, SceneUnchanged
 from ..params import Param
 from ..paths import resolve_policy_file
 from ..policy import Observation, PolicyEngine, load_policy
+from ..policy.score_table import prompt_set_digest
 from ..policy.spec import thresholds
 from ..stats import LatencyWindow
 from ..policy.watchdog import PerceptionWatchdog
@@ -55,7 +56,7 @@ class PolicyNode(ManagedNode):
     def __init__(self, name: str = 'policy', **kwargs):
         super().__init__(name, **kwargs)
         self.counts = {'received': 0, 'decided': 0, 'rejected': 0, 'changes': 0, 'failsafes': 0,
-                       'unchanged_kept': 0, 'unchanged_ignored': 0}
+                       'unchanged_kept': 0, 'unchanged_ignored': 0, 'device_scored': 0, 'scores_foreign': 0}
         self.latency = LatencyWindow()
         self.backend = None
         self.watchdog = None
@@ -77,6 +78,8 @@ class PolicyNode(ManagedNode):
                                       **backend_params(self.p, self.get_logger()))
         self.backend.activate()
         self.engine = PolicyEngine(self.spec, self.backend.embed_texts, logger=self.get_logger())
+        # Scores the embedder computed on its device are used when they belong to this very prompt set.
+        self.scores_digest = prompt_set_digest(self.engine, self.backend.model_id)
         self.publisher = self.own(self.create_publisher(
             Action, 'action', qos.ACTION_REPLAY if self.p['replay_history'] else qos.ACTION))
         self.own(intra_process.subscription(self, MemoryContext, 'memory/context', self._on_context, qos.EMBEDDING,
@@ -122,7 +125,25 @@ class PolicyNode(ManagedNode):
         similarity = context.similarity_to_past if context.has_past else None
         return Observation(stamp_s=to_seconds(context.header.stamp), sequence=embedding.sequence,
                            vector=vector_from_msg(embedding.vector, dim, 'embedding'), regions=regions,
-                           similarity_to_past=similarity, lookback_s=context.lookback_s)
+                           similarity_to_past=similarity, lookback_s=context.lookback_s,
+                           device_scores=self._device_scores(embedding))
+
+    def _device_scores(self, embedding):
+        if not embedding.scores:
+            return None
+        if embedding.scores_digest != self.scores_digest:
+            # Another policy file or model on the embedder's side: its scores mean something else here.
+            self.counts['scores_foreign'] += 1
+            if self.counts['scores_foreign'] == 1:
+                self.get_logger().warning(f'the embedder scores prompt set {embedding.scores_digest!r}, this policy '
+                                          f'is {self.scores_digest!r} (another policy file or model): scoring the '
+                                          f'vectors here')
+            return None
+        self.counts['device_scored'] += 1
+        if self.counts['device_scored'] == 1:
+            self.get_logger().info(f'deciding with the prompt scores the embedder computed on its device (prompt '
+                                   f'set {self.scores_digest})')
+        return {s.rule: (s.score, s.best_prompt) for s in embedding.scores}
 
     def _on_context(self, context: MemoryContext) -> None:
         if not self.active:

@@ -32,6 +32,9 @@ class Observation:
     regions: Mapping[str, np.ndarray] = field(default_factory=dict)   # region name -> embedding
     similarity_to_past: float | None = None            # from memory; None/NaN = unknown
     lookback_s: float | None = None                    # how far back that similarity looked (memory's setting)
+    # Prompt-rule scores already computed with the embedding on its device (rule -> (score, best prompt)),
+    # against this engine's prompt set (score_table.digest): used instead of scoring the vectors here.
+    device_scores: Mapping[str, tuple[float, int]] | None = None
 
 
 @dataclass(frozen=True)
@@ -99,13 +102,17 @@ class PolicyEngine:
         self.dim: int | None = None
         self._P: dict[str, np.ndarray] = {}
         self._C: dict[str, np.ndarray] = {}
+        self.matrix: np.ndarray | None = None                       # (texts, dim) unit rows
+        self.rows: dict[str, tuple[list[int], list[int]]] = {}      # rule -> (prompt rows, contrast rows)
         if texts:
-            matrix = self._embed(embed_texts, texts)
+            matrix = self.matrix = self._embed(embed_texts, texts)
             self.dim = matrix.shape[1]
             row = {t: i for i, t in enumerate(texts)}
             for rule in spec.actions:
-                self._P[rule.name] = matrix[[row[t] for t in rule.prompts]]
-                self._C[rule.name] = matrix[[row[t] for t in self._competitors[rule.name]]]
+                self.rows[rule.name] = ([row[t] for t in rule.prompts],
+                                        [row[t] for t in self._competitors[rule.name]])
+                self._P[rule.name] = matrix[self.rows[rule.name][0]]
+                self._C[rule.name] = matrix[self.rows[rule.name][1]]
         self._required = list(dict.fromkeys(r.region for r in spec.actions if r.region != FULL_FRAME))
         self._lookback_warned: set = set()
         self.reset()
@@ -158,7 +165,8 @@ class PolicyEngine:
             self._states = {r.name: _RuleState() for r in self.spec.rules}
         self._last_stamp = stamp
 
-        evals = [self._step_prompt(r, views, stamp) for r in self.spec.actions]
+        device = obs.device_scores or {}
+        evals = [self._step_prompt(r, views, stamp, device.get(r.name)) for r in self.spec.actions]
         evals += [self._step_temporal(r, similarity, obs.lookback_s, stamp) for r in self.spec.temporal]
 
         # Highest priority wins; `sorted` is stable, so equal priorities keep file order (actions, then
@@ -270,9 +278,11 @@ class PolicyEngine:
                 e.active, e.trigger = True, trigger
                 self.logger.debug(f'policy: {rule.name} fired at {now:.3f} s (score {e.score:.3f})')
 
-    def _step_prompt(self, rule: PromptRule, views, now: float) -> _Eval:
+    def _step_prompt(self, rule: PromptRule, views, now: float, device_score=None) -> _Eval:
         v = views[rule.region]
-        if rule.score == 'margin':
+        if device_score is not None and math.isfinite(device_score[0]) and 0 <= device_score[1] < len(rule.prompts):
+            score, best = float(device_score[0]), int(device_score[1])
+        elif rule.score == 'margin':
             score, best = score_margin(v, self._P[rule.name], self._C[rule.name])
         else:
             score, best = score_softmax(v, self._P[rule.name], self._C[rule.name], rule.temperature)

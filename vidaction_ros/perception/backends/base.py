@@ -30,6 +30,9 @@ class FrameEmbedding:
     regions: dict[str, RegionVector] = field(default_factory=dict)
     top_concepts: list[str] = field(default_factory=list)
     detections: list = field(default_factory=list)       # perception.detections.Detection, regions assigned
+    # The policy's prompt-rule scores computed with the vectors on the device (rule -> (score, best prompt));
+    # None when the backend does not score (policy/score_table.py, backends/device_scoring.py).
+    scores: dict | None = None
 
 
 def check_bgr_frame(frame: np.ndarray) -> np.ndarray:

@@ -25,7 +25,7 @@ import threading
 import numpy as np
 
 from .base import BackendUnavailable, FrameEmbedding, check_bgr_frame
-from .joint import JointEmbeddingBackend, directory_format, hf_spec, per_frame_embeddings, require
+from .joint import JointEmbeddingBackend, directory_format, hf_spec, per_frame_embeddings, preprocess, require
 
 PRECISIONS = ('fp32', 'fp16', 'bf16')
 # Distinct batch sizes that get a CUDA graph: each holds its activations in a private memory pool, so the
@@ -67,6 +67,7 @@ class ClipTorchBackend(JointEmbeddingBackend):
         self._model = None
         # The image path reuses buffers (staging, graph inputs): one call at a time, whatever the executor.
         self._image_lock = threading.Lock()
+        self.score_table = None      # policy/score_table.ScoreTable: prompt rules scored on the device
         self._reset_image_state()
 
     def _reset_image_state(self) -> None:
@@ -76,10 +77,11 @@ class ClipTorchBackend(JointEmbeddingBackend):
         self._gpu_preprocess = None  # the module, imported with torch
         self._pre_cache = {}         # gpu_preprocess weight matrices / constants on the device
         self._staging = []           # per frame slot of a call: (pinned host buffer, device buffer)
-        self._graphs = {}            # batch size -> (static input, static output, CUDAGraph)
-        self._eager_runs = {}        # batch size -> eager runs so far (capture on the second)
-        self._graph_failed = set()   # batch sizes whose capture failed: eager from then on
+        self._graphs = {}            # batch size (+ 's' when scored) -> (static input, static output, CUDAGraph)
+        self._eager_runs = {}        # the same keys -> eager runs so far (capture on the second)
+        self._graph_failed = set()   # keys whose capture failed: eager from then on
         self._graph_stream = None
+        self._scorer = None          # device_scoring.DeviceScorer of the attached score table
 
     def activate(self) -> None:
         torch = require('torch', self.name, 'install torch (CPU build here, CUDA build on the robot)')
@@ -128,10 +130,13 @@ class ClipTorchBackend(JointEmbeddingBackend):
         batches = sorted({1, 1 + len(regions)})
         if self._graphs_enabled():
             with self._image_lock, self._torch.inference_mode(), self._on_device():
+                self._prepare_image_path()
+                scored = self._scorer_for(regions)
                 for batch in batches:
-                    if batch not in self._graphs and batch not in self._graph_failed and \
-                            len(self._graphs) < MAX_GRAPHS:
-                        self._capture(batch)
+                    # The frame with its regions is the batch the policy's scores come from: scored there.
+                    key = self._graph_key(batch, scored if batch == 1 + len(regions) else None)
+                    if key not in self._graphs and key not in self._graph_failed and len(self._graphs) < MAX_GRAPHS:
+                        self._capture(batch, scored if batch == 1 + len(regions) else None)
         frame = np.full((int(frame_shape[0]), int(frame_shape[1]), 3), 127, np.uint8)
         self.embed_images([frame])                       # the preprocessing path at the working size too
         if regions:
@@ -145,6 +150,25 @@ class ClipTorchBackend(JointEmbeddingBackend):
             self._reset_image_state()      # graphs, pinned buffers and device buffers go with the model
         if self._torch is not None and self.device.startswith('cuda'):
             self._torch.cuda.empty_cache()
+
+    def attach_score_table(self, table) -> None:
+        """Score the policy's prompt rules on the device with every frame embedded with table.views' regions
+        (policy/score_table.py; None detaches): FrameEmbedding.scores. Call before warm_up, so the scored
+        batch's graph is captured at configure."""
+        with self._image_lock:
+            self.score_table = table
+            self._scorer = None
+            self._graphs, self._eager_runs, self._graph_failed = {}, {}, set()
+
+    def _scorer_for(self, regions):
+        """The DeviceScorer when these regions are the score table's views (in order), else None."""
+        table = self.score_table
+        if table is None or tuple(r.name for r in regions) != table.views[1:]:
+            return None
+        if self._scorer is None:
+            from .device_scoring import DeviceScorer
+            self._scorer = DeviceScorer(table, self._torch, self._device)
+        return self._scorer
 
     def _tokenize(self, texts):
         enc = self.hf_tokenizer(list(texts), padding='max_length', truncation=True,
@@ -167,28 +191,40 @@ class ClipTorchBackend(JointEmbeddingBackend):
                 return self._embed_images_locked(frames, regions)
 
     def _embed_images_locked(self, frames: list, regions: list) -> list[FrameEmbedding]:
-        if not self.torch_preprocess:
+        if self.torch_preprocess:
+            crops = self._crops(self._to_device([self._check_frame(f) for f in frames]), regions)
+            if not crops:
+                return []
+            pixels = self._gpu_preprocess.preprocess(crops, self.spec, cache=self._pre_cache)
+        else:
             # cv2 path (joint.preprocess): a tensor frame comes to the host once, as numpy.
-            return super().embed_images([self._host_frame(f) for f in frames], regions)
-        device_frames = self._to_device([self._check_frame(f) for f in frames])
+            crops = self._crops([check_bgr_frame(self._host_frame(f)) for f in frames], regions)
+            if not crops:
+                return []
+            pixels = self._torch.from_numpy(preprocess(crops, self.spec)).to(self._device)
+        # All crops of all frames in one batch: one forward (or one graph replay) per call.
+        scorer = self._scorer_for(regions)
+        if scorer is None:
+            vectors = self._checked(self._forward(pixels), len(crops), 'image')
+            return per_frame_embeddings(vectors, len(frames), regions)
+        # Embeddings and every prompt rule's score in one device computation, one copy to the host.
+        vectors, scores = scorer.split(self._forward(pixels, scorer), len(frames), self.dim)
+        results = per_frame_embeddings(self._checked(vectors, len(crops), 'image'), len(frames), regions)
+        for result, frame_scores in zip(results, scorer.as_dicts(scores)):
+            result.scores = frame_scores
+        return results
+
+    @staticmethod
+    def _crops(frames: list, regions: list) -> list:
+        """Each frame, then its region crops (views: no copy), frame by frame."""
         crops = []
-        for frame in device_frames:
+        for frame in frames:
             h, w = int(frame.shape[0]), int(frame.shape[1])
             crops.append(frame)
             for region in regions:
                 x0, y0, x1, y1 = region.pixel_bbox(w, h)
-                crops.append(frame[y0:y1, x0:x1])         # a view: crops cost no copy
-        if not crops:
-            return []
-        # All crops of all frames in one batch: one forward (or one graph replay) per call.
-        pixels = self._gpu_preprocess.preprocess(crops, self.spec, cache=self._pre_cache)
-        vectors = self._checked(self._forward(pixels), len(crops), 'image')
-        return per_frame_embeddings(vectors, len(frames), regions)
-
-    def _encode_images(self, pixel_values: np.ndarray) -> np.ndarray:
-        # The cv2 path's encoder (called by JointEmbeddingBackend.embed_images, under the image lock).
-        x = self._torch.from_numpy(pixel_values).to(self._device)
-        return self._forward(x)
+                crops.append(frame[y0:y1, x0:x1])
+        return crops
 
     def _prepare_image_path(self) -> None:
         if self._device is not None:
@@ -267,37 +303,46 @@ class ClipTorchBackend(JointEmbeddingBackend):
         return dev.view(frame.shape)
 
     # -- the encoder, eager or from a CUDA graph -----------------------------------------------------------
-    def _run_model(self, pixels):
-        return features(self._model.get_image_features(pixel_values=pixels)).float()
+    def _run_model(self, pixels, scorer=None):
+        out = features(self._model.get_image_features(pixel_values=pixels)).float()
+        return out if scorer is None else scorer(out)
 
-    def _forward(self, pixels) -> np.ndarray:
-        """(N, 3, S, S) float tensor on the device -> (N, dim) float32 numpy (not yet normalised)."""
+    @staticmethod
+    def _graph_key(batch: int, scorer):
+        return batch if scorer is None else f'{batch}s'
+
+    def _forward(self, pixels, scorer=None) -> np.ndarray:
+        """(N, 3, S, S) float tensor on the device -> (N, dim) float32 numpy (not yet normalised); with a
+        scorer, its packed output (unit vectors, then the scores) instead."""
         batch = int(pixels.shape[0])
-        entry = self._graph_for(batch) if self._graphs_enabled() else None
+        key = self._graph_key(batch, scorer)
+        entry = self._graph_for(batch, scorer) if self._graphs_enabled() else None
         if entry is None:
-            self._eager_runs[batch] = self._eager_runs.get(batch, 0) + 1
-            return self._run_model(pixels.to(self._dtype)).cpu().numpy()
+            self._eager_runs[key] = self._eager_runs.get(key, 0) + 1
+            return self._run_model(pixels.to(self._dtype), scorer).cpu().numpy()
         static_in, static_out, graph = entry
         static_in.copy_(pixels)          # refresh the captured input buffer (casts to the model dtype)
         graph.replay()
         # .cpu() waits for the replay and copies the result out before a later replay overwrites it.
         return static_out.cpu().numpy()
 
-    def _graph_for(self, batch: int):
-        entry = self._graphs.get(batch)
-        if entry is not None or batch in self._graph_failed or len(self._graphs) >= MAX_GRAPHS:
+    def _graph_for(self, batch: int, scorer=None):
+        key = self._graph_key(batch, scorer)
+        entry = self._graphs.get(key)
+        if entry is not None or key in self._graph_failed or len(self._graphs) >= MAX_GRAPHS:
             return entry
         # A size seen once may be a one-off: capture on its second occurrence, after one eager run.
-        if self._eager_runs.get(batch, 0) < 1:
+        if self._eager_runs.get(key, 0) < 1:
             return None
-        return self._capture(batch)
+        return self._capture(batch, scorer)
 
-    def _capture(self, batch: int):
+    def _capture(self, batch: int, scorer=None):
         """Capture the image encoder at this batch size (torch.cuda.graph, as the PyTorch CUDA-graph docs
         prescribe: warm-up on a side stream, then capture on that same stream). On failure (an op that
         cannot be captured in some model) log once and run this size eagerly."""
         torch = self._torch
         self._prepare_image_path()
+        key = self._graph_key(batch, scorer)
         size = self.spec.image_size
         try:
             with torch.cuda.device(self._device):
@@ -308,20 +353,21 @@ class ClipTorchBackend(JointEmbeddingBackend):
                 stream.wait_stream(torch.cuda.current_stream())
                 with torch.cuda.stream(stream):
                     for _ in range(GRAPH_WARMUP_RUNS):
-                        self._run_model(static_in)
+                        self._run_model(static_in, scorer)
                 torch.cuda.current_stream().wait_stream(stream)
                 graph = torch.cuda.CUDAGraph()
                 with torch.cuda.graph(graph, stream=stream):
-                    static_out = self._run_model(static_in)
+                    static_out = self._run_model(static_in, scorer)
                 torch.cuda.current_stream().wait_stream(stream)
         except RuntimeError as err:
-            self._graph_failed.add(batch)
+            self._graph_failed.add(key)
             self.log.warning(f'{self.name}: CUDA graph capture at batch {batch} failed, running it eagerly: '
                              f'{err}')
             return None
-        self._graphs[batch] = (static_in, static_out, graph)
-        self.log.info(f'{self.name}: captured a CUDA graph of the image encoder at batch {batch}')
-        return self._graphs[batch]
+        self._graphs[key] = (static_in, static_out, graph)
+        what = ' with the policy\'s prompt scores' if scorer is not None else ''
+        self.log.info(f'{self.name}: captured a CUDA graph of the image encoder{what} at batch {batch}')
+        return self._graphs[key]
 
     # -- text ----------------------------------------------------------------------------------------------
     def _encode_texts(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
