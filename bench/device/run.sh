@@ -11,7 +11,7 @@
 #   e2e_lockstep.json     the same, --lockstep
 #   embed.json            bench/embed.py GPU rows (torch_cuda, tower_cuda)
 #   cuda_frames.json      bench/cuda_frames.py, 300 frames, two processes
-#   cuda_tests.xml        pytest: the CUDA tests (test_cuda_frames, test_torch_cuda_path)
+#   cuda_tests.xml        pytest: the CUDA tests (test_cuda_frames, test_torch_cuda_path, test_device_scoring)
 #   steps.json            every step: exit code and seconds
 # A step that fails is recorded and the next one runs. The whole takes ~6 min on the H200.
 #   --smoke      install and smoke only
@@ -86,6 +86,7 @@ tiny_models.build('clip', Path('$MODEL'), vision_tower='b32')"
   export VIDACTION_TEST_VIDEO="$VIDEO"           # test/conftest.py's demo video (no opencv-doc there)
   step cuda_tests 150 "$PY" -m pytest -q -p no:cacheprovider -c "$ROOT/pytest.ini" --rootdir "$ROOT" \
     "$ROOT/test/unit/test_cuda_frames.py" "$ROOT/test/unit/test_torch_cuda_path.py" \
+    "$ROOT/test/unit/test_device_scoring.py" \
     --junitxml "$OUT/cuda_tests.xml"
 fi
 "$PY" - "$STEPS" "$OUT/steps.json" <<'EOF'

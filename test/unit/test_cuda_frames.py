@@ -13,6 +13,7 @@ import sys
 import tempfile
 import threading
 import uuid
+from contextlib import contextmanager
 
 import numpy as np
 import pytest
@@ -229,21 +230,33 @@ def test_cuda_ipc_shares_device_memory_with_another_process():
     import torch
     tensor = torch.arange(2 * 3 * 4, dtype=torch.uint8, device='cuda').reshape(2, 3, 4)
     expected = int(tensor.sum().item())
-    proc = subprocess.Popen([sys.executable, '-c', CUDA_CONSUMER], cwd=tempfile.gettempdir(),
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-    try:
+    with child(CUDA_CONSUMER) as proc:
         proc.stdin.write(cuda_ipc.share(tensor).hex() + '\n')
         proc.stdin.flush()
         assert proc.stdout.readline().split() == [str(expected), '(2,', '3,', '4)', 'cuda']
         assert proc.stdout.readline().strip() == 'written'
         torch.cuda.synchronize()
         assert int(tensor[0, 0, 0].item()) == 255
-        proc.stdin.write('\n')
-        proc.stdin.flush()
-        assert proc.wait(60) == 0
+        finish(proc)
+
+
+@contextmanager
+def child(script: str, *args: str):
+    """A Python child process on pipes, killed if the test leaves it running."""
+    proc = subprocess.Popen([sys.executable, '-c', script, *args], cwd=tempfile.gettempdir(),
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        yield proc
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def finish(proc) -> None:
+    """Tell a child waiting on its stdin to end, and expect a clean exit."""
+    proc.stdin.write('\n')
+    proc.stdin.flush()
+    assert proc.wait(60) == 0
 
 
 WRITER = r'''
@@ -275,9 +288,7 @@ def test_frames_on_the_gpu_cross_processes_and_a_held_frame_is_never_overwritten
     from vidaction_ros.transport.cuda_frames import DeviceFrames
     count = 400
     name = iox_frames.service_name(f'test/cuda_{uuid.uuid4().hex[:10]}', 'unit')
-    proc = subprocess.Popen([sys.executable, '-c', WRITER, str(count), name], cwd=tempfile.gettempdir(),
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-    try:
+    with child(WRITER, str(count), name) as proc:
         assert proc.stdout.readline().strip() == 'ready'
         reader = iox_frames.IoxFrameReader(name)
         frames = DeviceFrames()
@@ -306,9 +317,4 @@ def test_frames_on_the_gpu_cross_processes_and_a_held_frame_is_never_overwritten
         if held is not None:
             held.release()
         reader.close()
-        proc.stdin.write('\n')
-        proc.stdin.flush()
-        assert proc.wait(60) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+        finish(proc)

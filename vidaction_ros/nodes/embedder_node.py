@@ -55,9 +55,9 @@ PARAMS = BACKEND_PARAMS + [
           'backend\'s device, in the same computation: inside the CUDA graph on torch_cuda; the scores travel in the '
           'Embedding; torch backends: clip_hf, torch_cuda), policy (the policy node scores the vectors), auto '
           '(embedder for torch backends on CUDA, else policy)', choices=('auto', 'embedder', 'policy')),
-    Param('borrow_frames', False, 'iox / cuda transports: embed the frame in place (the iceoryx2 sample, the '
-          'device buffer: held, so never rewritten, until the callback returns) instead of a private copy (~0.1 ms '
-          'at 640x480). Composed mode is by reference either way'),
+    Param('borrow_frames', True, 'iox / cuda transports: embed the frame in place (the iceoryx2 sample, the device '
+          'buffer: held, so never rewritten, until the callback returns); false: a private copy first (~0.1 ms at '
+          '640x480). Composed mode is by reference either way'),
     Param('frame_dispatch', 'thread', 'where the frame callback runs: thread (its own, at once), inline (composed '
           'mode: on the camera\'s publishing thread, the lowest latency; the camera waits for the embedding, '
           'its capture stays newest-wins) or executor (this node\'s executor, ~0.4 ms later)',
@@ -165,7 +165,7 @@ class EmbedderNode(ManagedNode):
                 with borrow(ref) as image:
                     result = self.backend.embed_images([self._for_backend(image)], self.regions)[0]
             else:
-                # Composed: the camera's very array (no copy). iox: a private copy of the sample.
+                # Composed: the camera's very array (no copy). iox / cuda: a private copy of the sample's frame.
                 result = self.backend.embed_images([self._for_backend(resolve(ref))], self.regions)[0]
         except FrameLost as err:
             self.counts['lost'] += 1
