@@ -30,6 +30,29 @@ def test_working_size_keeps_aspect_and_never_upscales():
     assert downscale(small, 640, 480) is small
 
 
+def test_a_shrink_by_two_or_more_averages_and_a_milder_one_interpolates():
+    from vidaction_ros.ingest.frame_source import downscale_into
+    # 2x and more: each output pixel is the mean of its source block (area averaging, no aliasing). Expected
+    # from first principles: a 0 / 200 checkerboard shrunk 3x averages 3x3 blocks holding 5 or 4 white
+    # pixels: 111 or 89, never the 0 or 200 a point sample (bilinear at 3x) would give.
+    board = (np.indices((1440, 1920)).sum(axis=0) % 2 * 200).astype(np.uint8)
+    frame = np.repeat(board[:, :, None], 3, axis=2)
+    assert set(np.unique(downscale(frame, 640, 480))) == {89, 111}
+    # A milder shrink (1.2x here) is bilinear: a horizontal ramp stays a ramp, monotonic and within its range,
+    # each output value between the two source pixels it falls between.
+    ramp = np.repeat(np.repeat(np.arange(768, dtype=np.float64)[None, :] / 3, 576, axis=0)[:, :, None], 3, axis=2)
+    out = downscale(ramp.astype(np.uint8), 640, 480)
+    row = out[100, :, 0].astype(int)
+    assert out.shape == (480, 640, 3) and np.all(np.diff(row) >= 0)
+    for x in (0, 100, 333, 639):
+        src = (x + 0.5) * 768 / 640 - 0.5
+        lo, hi = int(np.floor(src)) // 3, int(np.ceil(src)) // 3
+        assert lo <= row[x] <= hi + 1, (x, row[x], lo, hi)
+    loan = np.empty((480, 640, 3), np.uint8)
+    downscale_into(ramp.astype(np.uint8), loan)
+    assert np.array_equal(loan, out)                           # the camera's loan path gives the same pixels
+
+
 def test_backoff_doubles_and_caps_then_resets():
     b = Backoff(0.5, 3.0)
     assert [b.next_delay() for _ in range(5)] == [0.5, 1.0, 2.0, 3.0, 3.0]
