@@ -67,8 +67,8 @@ def main(argv=None) -> int:
 
 def run_processes(raw_args: list[str], frames: int, printer, timeout: float) -> dict:
     """`vidaction_pipeline --mode processes` with this command's pipeline arguments (and the demo's overrides)
-    as a child process group; its Actions timed here until the last frame's is in (no per-frame Action for 5 s
-    once the first came), then SIGINT. Returns {'published': Actions of embedded frames} (the camera's own
+    as a child process group; its Actions timed here until every frame is decided (or no per-frame Action for
+    10 s once they came), then SIGINT. Returns {'published': Actions of embedded frames} (the camera's own
     counters are in its process)."""
     import rclpy
     from rclpy.executors import SingleThreadedExecutor
@@ -95,9 +95,14 @@ def run_processes(raw_args: list[str], frames: int, printer, timeout: float) -> 
     proc = subprocess.Popen(command, cwd=tempfile.gettempdir(), stdout=log, stderr=subprocess.STDOUT,
                             start_new_session=True)
     started = time.monotonic()
+    decided = [t for t in demo.PER_FRAME_TRIGGERS if t not in demo.NOT_EMBEDDED]
     try:
         while time.monotonic() - started < timeout and proc.poll() is None:
-            if printer.count and time.monotonic() - printer.last_at > 5.0:
+            # Done when every frame is decided, or once frames came and then none for 10 s (a gated live run
+            # decides fewer). A failsafe before the first frame (the watchdog while models load) is no start.
+            done = sum(printer.by_trigger[t] for t in decided)
+            per_frame = sum(printer.by_trigger[t] for t in demo.PER_FRAME_TRIGGERS)
+            if done >= frames or (per_frame and time.monotonic() - printer.last_at > 10.0):
                 break
             time.sleep(0.2)         # polling a counter the subscription thread updates: how often to look
     finally:
@@ -112,7 +117,6 @@ def run_processes(raw_args: list[str], frames: int, printer, timeout: float) -> 
         rclpy.try_shutdown()
     if not printer.count:
         raise SystemExit(f'no Action from the four processes (exit code {proc.returncode}); log: {log.name}')
-    decided = [t for t in demo.PER_FRAME_TRIGGERS if t not in demo.NOT_EMBEDDED]
     return {'published': sum(printer.by_trigger[t] for t in decided)}
 
 
