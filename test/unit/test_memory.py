@@ -720,3 +720,40 @@ def test_coarse_samples_are_aligned_to_the_newest_entry(n, cap):
         assert pos.min() >= 0 and pos.max() < hi
         for p, s_ in zip(pos.tolist(), sims.tolist()):
             assert s_ == pytest.approx(float(data[n - size + p] @ data[n - size + hi - 1]), abs=1e-5)
+
+
+# ---------------------------------------------------------------------- deferred graph insert
+
+
+def test_a_deferred_frame_is_found_at_once_and_the_graph_ends_up_the_same():
+    # defer_index: the memory node answers a frame's queries and publishes before hnswlib's insert. The frame
+    # must be found before the flush (exact scans, lookback; a graph query flushes first), and the graph built
+    # with deferral must answer exactly as one built insert by insert (same vectors, order and seed).
+    rng = np.random.default_rng(5)
+    vecs = walk(rng, 120, 32)
+    deferred = TemporalMemory(dim=32, capacity=50, ttl_s=1e9, random_seed=3)
+    immediate = TemporalMemory(dim=32, capacity=50, ttl_s=1e9, random_seed=3)
+    for i, v in enumerate(vecs):
+        deferred.insert(i, i * 0.1, v, defer_index=True)
+        immediate.insert(i, i * 0.1, v)
+        if i >= 10:
+            assert seqs(deferred.knn(v, k=1, exclude_sequence=i - 1)) == [i]     # exact scan, before the flush
+            assert deferred.lookback(v, 0.1).sequence == i - 1                      # the stored stamps
+        if i % 3 == 0:
+            assert seqs(deferred.knn(v, k=3))[0] == i                               # a graph query flushes first
+        else:
+            deferred.flush_index()
+    deferred.flush_index()
+    for q in walk(rng, 20, 32):
+        assert seqs(deferred.knn(q, k=5)) == seqs(immediate.knn(q, k=5))
+
+
+def test_deferred_frames_evicted_before_a_flush_leave_the_graph_consistent():
+    rng = np.random.default_rng(6)
+    vecs = walk(rng, 30, 16)
+    window = TemporalMemory(dim=16, capacity=5, ttl_s=1e9)
+    for i, v in enumerate(vecs):
+        window.insert(i, float(i), v, defer_index=True)     # never flushed by hand: evictions flush first
+    assert window.size == 5
+    q = vecs[-1]
+    assert seqs(window.knn(q, k=5)) == brute_knn(vecs[-5:], list(range(25, 30)), q, 5)

@@ -72,6 +72,7 @@ class WindowSearch:
     def _hnsw_locked(self, q: np.ndarray, kk: int, allowed: list | None, lo: int, hi: int,
                      sub: np.ndarray | None) -> list[MemoryEntry]:
         """HNSW top-kk over window positions [lo, hi) (``allowed`` masks within it)."""
+        self._flush_index_locked()       # frames stored with defer_index join the graph first
         first = self._first
         lab_lo, lab_hi = first + lo, first + hi
         if lo == 0 and hi == self._next - first and allowed is None:

@@ -149,13 +149,16 @@ class TieredMemory:
 
     # ------------------------------------------------------------------ writes
 
-    def insert(self, sequence: int, stamp_s: float, vector, now_s: float | None = None) -> InsertResult:
+    def insert(self, sequence: int, stamp_s: float, vector, now_s: float | None = None,
+               defer_index: bool = False) -> InsertResult:
         """Insert into the window (validation, TTL, capacity, reset as ``TemporalMemory.insert``), apply the
         long tier's TTL at this stamp, and keep the frame in the long tier when it is a keyframe.
+        ``defer_index``: the graph inserts of both tiers wait for :meth:`flush_index` (see the window's).
 
         The result describes the window (``evicted`` counts window evictions) plus ``keyframe``."""
         with self._lock:
-            res = self.recent.insert(sequence, stamp_s, vector, now_s=now_s)  # raises on bad input
+            res = self.recent.insert(sequence, stamp_s, vector, now_s=now_s,   # raises on bad input
+                                     defer_index=defer_index)
             stamp = float(stamp_s)
             if res.reset:
                 # Time went backwards: the long tier's frames are from another "future" too.
@@ -169,11 +172,17 @@ class TieredMemory:
             keyframe = is_keyframe(stamp, vec, self._last_kf_stamp, self._last_kf_vec, self._interval,
                                    self._novelty, self._min_interval)
             if keyframe:
-                self.long.insert(sequence, stamp, vec)
+                self.long.insert(sequence, stamp, vec, defer_index=defer_index)
                 self._last_kf_stamp, self._last_kf_vec = stamp, vec
                 self._n_keyframes += 1
             return InsertResult(window_size=res.window_size, evicted=res.evicted, reset=res.reset,
                                 keyframe=keyframe)
+
+    def flush_index(self) -> None:
+        """Add both tiers' deferred frames to their graphs."""
+        with self._lock:
+            self.recent.flush_index()
+            self.long.flush_index()
 
     def evict_expired(self, now_stamp_s: float) -> int:
         """Apply both TTLs at ``now_stamp_s`` (message time); returns entries evicted from both tiers."""

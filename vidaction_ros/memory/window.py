@@ -142,6 +142,7 @@ class TemporalMemory(WindowSearch):
         self._newest: float | None = None  # running max stamp since the window was last empty
         self._seq_to_label: dict[int, int] = {}
         self._index = self._new_index()
+        self._unindexed: list[tuple[int, np.ndarray]] = []   # (label, vector) stored, not yet in the graph
         self._ef = -1
 
         self._n_inserts = 0
@@ -208,12 +209,18 @@ class TemporalMemory(WindowSearch):
 
     # ------------------------------------------------------------------ writes
 
-    def insert(self, sequence: int, stamp_s: float, vector, now_s: float | None = None) -> InsertResult:
+    def insert(self, sequence: int, stamp_s: float, vector, now_s: float | None = None,
+               defer_index: bool = False) -> InsertResult:
         """Store one frame vector; evict by TTL and capacity first.
 
         Raises :class:`MemoryInputError` (window unchanged, ``rejected`` counted) for
         a wrong shape, NaN/Inf, a zero vector, a non-finite stamp or a stamp more than
         ``max_future_s`` ahead of ``now_s``.
+
+        ``defer_index``: the frame is stored and found at once (exact search, lookback), but
+        its hnswlib insert (most of an insert's time) waits for :meth:`flush_index`, which
+        every graph query and eviction also does first: the memory node answers the frame's
+        queries and publishes before paying for it.
         """
         with self._lock:
             try:
@@ -267,8 +274,9 @@ class TemporalMemory(WindowSearch):
                 evicted += 1
 
             label = self._next
-            self._index.add_items(vec[None, :], np.array([label], dtype=np.uint64),
-                                  num_threads=1, replace_deleted=True)
+            self._unindexed.append((label, vec))
+            if not defer_index:
+                self._flush_index_locked()
             slot = label % self._capacity
             self._vectors.store(slot, vec)
             self._stamps[slot] = stamp
@@ -435,9 +443,23 @@ class TemporalMemory(WindowSearch):
                          random_seed=self._random_seed, allow_replace_deleted=True)
         return index
 
+    def flush_index(self) -> None:
+        """Add the frames stored with ``defer_index`` to the hnswlib graph (no-op when none)."""
+        with self._lock:
+            self._flush_index_locked()
+
+    def _flush_index_locked(self) -> None:
+        if not self._unindexed:
+            return
+        labels = np.array([label for label, _ in self._unindexed], dtype=np.uint64)
+        vectors = np.stack([vec for _, vec in self._unindexed])
+        self._unindexed.clear()
+        self._index.add_items(vectors, labels, num_threads=1, replace_deleted=True)
+
     def _clear_locked(self) -> None:
         # A fresh graph rather than marking every node deleted: a reset is rare, and
         # this also drops any quality drift from long replace-deleted churn.
+        self._unindexed.clear()
         self._index = self._new_index()
         self._ef = -1
         self._stamps.fill(np.nan)
@@ -459,6 +481,7 @@ class TemporalMemory(WindowSearch):
         return self._ordered(self._stamps)
 
     def _evict_through(self, new_first: int) -> None:
+        self._flush_index_locked()       # hnswlib knows only the labels it was given
         for label in range(self._first, new_first):
             self._index.mark_deleted(label)
             slot = label % self._capacity

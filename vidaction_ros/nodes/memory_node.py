@@ -123,7 +123,9 @@ class MemoryNode(ManagedNode):
             memory = self._window(vector.size)
             # The node clock: wall time live, the bag's /clock under use_sim_time (never the host's time then).
             now = self.get_clock().now().nanoseconds * 1e-9 if self.p['stamps_are_wall_clock'] else None
-            result = memory.insert(msg.sequence, stamp_s, vector, now_s=now)
+            # The graph insert (most of an insert's time) waits until the context is out: the frame's own
+            # queries (lookback, exact search in a window this size) never need it.
+            result = memory.insert(msg.sequence, stamp_s, vector, now_s=now, defer_index=True)
         except (ValueError, MemoryInputError) as err:
             self.counts['rejected'] += 1
             self.get_logger().warning(f'embedding rejected: {err}', throttle_duration_sec=5.0)
@@ -148,6 +150,7 @@ class MemoryNode(ManagedNode):
                                                               exclude_sequence=msg.sequence)]
         context.embedding.times.memory_end = to_time(time.time())
         self.publisher.publish(context)
+        memory.flush_index()
 
     def _on_query(self, request: QueryMemory.Request, response: QueryMemory.Response):
         memory = self.memory
