@@ -80,6 +80,57 @@ def test_in_process_subscribers_get_the_same_object_once_in_order_and_dds_only_f
 
 
 @pytest.mark.slow
+def test_inline_handling_runs_on_the_publishers_thread_unless_the_node_is_busy_then_queues(context):
+    # inline_lock: a message is handled on the publisher's thread when the subscribing node's lock is free (no
+    # executor wake-up); while the node is busy (its lock held, e.g. by its watchdog) it is queued and its
+    # executor takes it afterwards, still once, in order, never concurrently with what holds the lock.
+    from std_msgs.msg import String
+
+    from vidaction_ros import qos
+    from vidaction_ros.transport.intra_process import IntraProcessPublisher, IntraProcessSubscription
+    pub_node = Node('ipc_inline_pub', context=context)
+    sub_node = Node('ipc_inline_sub', context=context)
+    lock = threading.RLock()
+    got = []
+
+    def on_message(msg):
+        assert lock._is_owned()                                         # never outside the node's lock
+        got.append((msg.data, threading.current_thread().name))
+    sub = IntraProcessSubscription(sub_node, 'ipc_inline', on_message, depth=50, inline_lock=lock)
+    pub = IntraProcessPublisher(pub_node, String, 'ipc_inline', qos.EMBEDDING)
+    executors = [spin(sub_node, context)]
+    executors[0][1].name = 'sub-executor'
+    me = threading.current_thread().name
+    try:
+        pub.publish(String(data='a'))
+        assert got == [('a', me)] and sub.inline == 1                   # handled before publish() returned
+        held, release = threading.Event(), threading.Event()
+
+        def busy():                                                     # the node busy on another thread
+            with lock:
+                held.set()
+                release.wait(30)
+        holder = threading.Thread(target=busy)
+        holder.start()
+        assert held.wait(30)
+        pub.publish(String(data='b'))
+        pub.publish(String(data='c'))
+        assert [d for d, _ in got] == ['a']                              # queued, not run concurrently
+        release.set()
+        holder.join(30)
+        wait_until(lambda: len(got) == 3, 30, lambda: f'queued messages not handled: {got}')
+        assert got[1:] == [('b', 'sub-executor'), ('c', 'sub-executor')] and sub.inline == 1
+        pub.publish(String(data='d'))
+        assert got[-1] == ('d', me) and sub.inline == 2
+    finally:
+        sub.destroy()
+        pub.destroy()
+        for executor, thread in executors:
+            executor.shutdown()
+        pub_node.destroy_node()
+        sub_node.destroy_node()
+
+
 def test_composed_pipeline_still_serves_observers_of_the_hot_path_topics(tmp_path, video_path, context):
     from vidaction_ros import qos
     from vidaction_ros.msg import Action, Embedding, MemoryContext

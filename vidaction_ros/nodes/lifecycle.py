@@ -18,6 +18,8 @@ in order from the outside (downstream first), through lifecycle_manager or `brin
 """
 from __future__ import annotations
 
+import threading
+
 from rclpy._rclpy_pybind11 import RCLError
 from rclpy.lifecycle import LifecycleNode, TransitionCallbackReturn
 
@@ -28,6 +30,10 @@ from ..params import Param, declare
 # by reference (transport/intra_process.py); the DDS copy goes out only for subscribers outside.
 INTRA_PROCESS = Param('intra_process', False, 'composed mode: take embedding / memory/context from the other '
                       'nodes of this process by reference, and publish the DDS copy only for outside subscribers')
+INTRA_DISPATCH = Param('intra_process_dispatch', 'inline', 'composed mode (intra_process): where a message handed '
+                       'over by reference is handled: inline (on the sending node\'s thread when this node is not '
+                       'busy: no executor wake-up; this node\'s callbacks are serialised by a lock) or executor '
+                       '(this node\'s executor thread, woken by a guard condition)', choices=('inline', 'executor'))
 
 AUTOSTART = Param('autostart', True, 'configure and activate this node by itself at startup (launch files set '
                   'false and bring the graph up in order with lifecycle_manager)')
@@ -42,6 +48,9 @@ class ManagedNode(LifecycleNode):
         self.active = False           # handlers drop messages unless active
         self.configured = False
         self._owned: list = []
+        # Serialises this node's callbacks when some run off its executor (intra-process inline hand-over): the
+        # data callback, its timers and services, and the transitions that stop the data flow.
+        self.callback_lock = threading.RLock()
 
     # -- what subclasses implement ---------------------------------------------------------------------
     def configure(self) -> None:
@@ -112,12 +121,14 @@ class ManagedNode(LifecycleNode):
         return super().on_activate(state)
 
     def on_deactivate(self, state) -> TransitionCallbackReturn:
-        self.active = False
-        self.deactivate()
+        with self.callback_lock:
+            self.active = False
+            self.deactivate()
         return super().on_deactivate(state)
 
     def on_cleanup(self, state) -> TransitionCallbackReturn:
-        self._release()
+        with self.callback_lock:
+            self._release()
         return TransitionCallbackReturn.SUCCESS
 
     def on_shutdown(self, state) -> TransitionCallbackReturn:
@@ -130,6 +141,10 @@ class ManagedNode(LifecycleNode):
 
     def close(self) -> None:
         """Release everything held, whatever the state (process exit, error). Safe to call twice."""
+        with self.callback_lock:
+            self._close()
+
+    def _close(self) -> None:
         if self.active:
             self.active = False
             try:

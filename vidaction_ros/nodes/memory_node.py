@@ -26,11 +26,12 @@ from ..memory import TieredMemory
 from ..msg import Embedding, MemoryContext, MemoryHit
 from ..params import Param, ParameterError
 from ..srv import QueryMemory
-from .lifecycle import INTRA_PROCESS, ManagedNode
+from .lifecycle import INTRA_DISPATCH, INTRA_PROCESS, ManagedNode
 from .runtime import main_for
 
 PARAMS = [
     INTRA_PROCESS,
+    INTRA_DISPATCH,
     Param('capacity', 300, 'frames kept in the window', 2, 10_000_000),
     Param('ttl_s', 30.0, 'frames older than this (message time) are evicted', 0.1, 1e7),
     Param('lookback_s', 2.0, 'the context compares each frame with the scene this long ago', 0.05, 3600.0),
@@ -79,7 +80,11 @@ class MemoryNode(ManagedNode):
         inproc = self.p['intra_process']
         self.publisher = self.own(intra_process.publisher(self, MemoryContext, 'memory/context', qos.EMBEDDING,
                                                           inproc))
-        self.own(intra_process.subscription(self, Embedding, 'embedding', self._on_embedding, qos.EMBEDDING, inproc))
+        # Composed: embeddings handled on the embedder's thread when this node is free (intra_process_dispatch);
+        # the query service takes the same lock.
+        inline = self.callback_lock if self.p['intra_process_dispatch'] == 'inline' else None
+        self.own(intra_process.subscription(self, Embedding, 'embedding', self._on_embedding, qos.EMBEDDING, inproc,
+                                            inline))
         self.own(self.create_service(QueryMemory, 'memory/query', self._on_query,
                                      callback_group=MutuallyExclusiveCallbackGroup()))
         tier = (f"long tier {p['long_capacity']} keyframes / {p['long_ttl_s']} s" if p['long_capacity']
@@ -153,6 +158,10 @@ class MemoryNode(ManagedNode):
         memory.flush_index()
 
     def _on_query(self, request: QueryMemory.Request, response: QueryMemory.Response):
+        with self.callback_lock:
+            return self._answer(request, response)
+
+    def _answer(self, request: QueryMemory.Request, response: QueryMemory.Response):
         memory = self.memory
         if memory is None or memory.size == 0:
             response.success, response.message = False, 'memory window is empty'

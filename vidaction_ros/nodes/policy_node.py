@@ -25,13 +25,14 @@ from ..policy.spec import thresholds
 from ..stats import LatencyWindow
 from ..policy.watchdog import PerceptionWatchdog
 from .embedder_node import BACKEND_PARAMS, backend_params
-from .lifecycle import INTRA_PROCESS, ManagedNode
+from .lifecycle import INTRA_DISPATCH, INTRA_PROCESS, ManagedNode
 from .runtime import main_for
 
 FAILSAFE_CODES = ('FAILSAFE', 'HOVER', 'STOP', 'EMERGENCY_BRAKE', 'SLOW_DOWN')
 
 PARAMS = BACKEND_PARAMS + [
     INTRA_PROCESS,
+    INTRA_DISPATCH,
     Param('policy_file', '', 'policy YAML: actions, prompts, thresholds, regions ("" = the package default)'),
     Param('log_decisions', 'all', 'log every decision (all), only changes (changes), or none',
           choices=('all', 'changes', 'none'), read_only=False),
@@ -83,7 +84,7 @@ class PolicyNode(ManagedNode):
         self.publisher = self.own(self.create_publisher(
             Action, 'action', qos.ACTION_REPLAY if self.p['replay_history'] else qos.ACTION))
         self.own(intra_process.subscription(self, MemoryContext, 'memory/context', self._on_context, qos.EMBEDDING,
-                                            self.p['intra_process']))
+                                            self.p['intra_process'], self._inline_lock()))
         self.own(self.create_subscription(SceneUnchanged, 'camera/unchanged', self._on_unchanged, qos.EMBEDDING))
         self.get_logger().info(f"policy {self.policy_file} loaded: actions "
                                f"{[r.name for r in self.spec.actions]}")
@@ -208,8 +209,17 @@ class PolicyNode(ManagedNode):
             if event is not None:
                 self.get_logger().warning(event.reason)
 
+    def _inline_lock(self):
+        # Composed: memory/context handled on the memory node's thread when this node is free; its other
+        # callbacks (unchanged scenes, the watchdog, transitions) take the same lock.
+        return self.callback_lock if self.p['intra_process_dispatch'] == 'inline' else None
+
     def _on_unchanged(self, notice: SceneUnchanged) -> None:
         """The camera gated a frame as unchanged: keep the decision of the frame it is the same as."""
+        with self.callback_lock:
+            self._keep_unchanged(notice)
+
+    def _keep_unchanged(self, notice: SceneUnchanged) -> None:
         if not self.active:
             return
         decided = self._last_decision
@@ -240,6 +250,10 @@ class PolicyNode(ManagedNode):
         return self.get_clock().now().nanoseconds * 1e-9
 
     def _watchdog_tick(self) -> None:
+        with self.callback_lock:
+            self._check_watchdog()
+
+    def _check_watchdog(self) -> None:
         if not self.active or self.watchdog is None:
             return
         event = self.watchdog.check(self._now_s())
