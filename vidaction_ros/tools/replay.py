@@ -99,6 +99,15 @@ class Recorder:
         with self.cond:
             if self._recording:
                 self.contexts.setdefault(rec.sequence, rec)
+                self.cond.notify_all()
+
+    def wait_for_contexts(self, timeout_s: float) -> bool:
+        """Until every decided frame's MemoryContext is in (or timeout_s): they travel on another topic, so
+        the last frame's Action may well come first (composed mode decides before the context's DDS copy)."""
+        if self.context_sub is None:
+            return True
+        with self.cond:
+            return self.cond.wait_for(lambda: self.decided <= self.contexts.keys(), timeout_s)
 
     def stop_recording(self) -> list:
         """Freeze the record (a pipeline shutting down publishes a failsafe that is not part of the replay)."""
@@ -113,6 +122,8 @@ class Recorder:
 
 
 # -- the run ---------------------------------------------------------------------------------------------------
+CONTEXT_WAIT_S = 5.0      # after the last Action, for memory contexts still on their way (rescoring)
+
 @dataclass
 class RunOptions:
     mode: str = 'composed'
@@ -241,6 +252,7 @@ def run_replay(bag: str, out_dir: Path, opts: RunOptions) -> RunRecord:
             if now - last_progress > limit:
                 raise EvalError(f'no Action for {limit:.0f} s after {done}/{expected} frames; pipeline log '
                                 f'{log}:\n{_tail(log)}')
+        recorder.wait_for_contexts(CONTEXT_WAIT_S)
         actions = recorder.stop_recording()
         with recorder.cond:
             contexts = dict(recorder.contexts)
