@@ -145,13 +145,13 @@ class Recorder:
         if sub is not None:
             measured = len(self.latency_ms)
             trace = [t for t in list(sub.trace or [])[-measured:] if t[0] != 'dds'] if measured else []
-            # (path, stamp, sent, received, taken, dispatched): see FrameSubscription.trace (sent is 0)
+            # (path, stamp, received, taken, dispatched): see FrameSubscription.trace
             parts = out['breakdown']
             if trace:
                 read = parts.pop('read', None)          # hop order: handoff, queue, copy, read
-                parts['handoff'] = pct([(rx - t0) / 1e6 for _, t0, _, rx, _, _ in trace])
-                parts['queue'] = pct([(tk - rx) / 1e6 for _, _, _, rx, tk, _ in trace])
-                parts['copy'] = pct([(go - tk) / 1e6 for _, _, _, _, tk, go in trace])
+                parts['handoff'] = pct([(rx - t0) / 1e6 for _, t0, rx, _, _ in trace])
+                parts['queue'] = pct([(tk - rx) / 1e6 for _, _, rx, tk, _ in trace])
+                parts['copy'] = pct([(go - tk) / 1e6 for _, _, _, tk, go in trace])
                 if read:
                     parts['read'] = read
             parts['paths'] = sub.stats()

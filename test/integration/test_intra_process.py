@@ -27,6 +27,16 @@ def spin(node, context):
     return executor, thread
 
 
+def tear_down(sub, pub, executors, *nodes) -> None:
+    """The in-process pair, the executors spinning its nodes, then the nodes."""
+    sub.destroy()
+    pub.destroy()
+    for executor, _ in executors:
+        executor.shutdown()
+    for node in nodes:
+        node.destroy_node()
+
+
 def test_in_process_subscribers_get_the_same_object_once_in_order_and_dds_only_for_outsiders(context):
     from std_msgs.msg import String
 
@@ -71,12 +81,7 @@ def test_in_process_subscribers_get_the_same_object_once_in_order_and_dds_only_f
         finally:
             rclpy.try_shutdown(context=outside)
     finally:
-        sub.destroy()
-        pub.destroy()
-        for executor, thread in executors:
-            executor.shutdown()
-        pub_node.destroy_node()
-        sub_node.destroy_node()
+        tear_down(sub, pub, executors, pub_node, sub_node)
 
 
 @pytest.mark.slow
@@ -123,12 +128,7 @@ def test_inline_handling_runs_on_the_publishers_thread_unless_the_node_is_busy_t
         pub.publish(String(data='d'))
         assert got[-1] == ('d', me) and sub.inline == 2
     finally:
-        sub.destroy()
-        pub.destroy()
-        for executor, thread in executors:
-            executor.shutdown()
-        pub_node.destroy_node()
-        sub_node.destroy_node()
+        tear_down(sub, pub, executors, pub_node, sub_node)
 
 
 def test_composed_pipeline_still_serves_observers_of_the_hot_path_topics(tmp_path, video_path, context):

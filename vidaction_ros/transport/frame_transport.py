@@ -501,9 +501,9 @@ class FrameSubscription:
     frames replaced by newer ones), 'errors' (callback raised, thread dispatch), 'iox_early' (DDS FrameRefs of
     an iceoryx2 camera that came before this subscription's reader was open: their samples went out before
     it; iox_state says where the reader is).
-    trace=True keeps (path, stamp_ns, sent_ns, received_ns, taken_ns, dispatched_ns) of the last 10000
-    dispatches (benches; CLOCK_MONOTONIC ns: received by this subscription (iox: the event woke its thread),
-    taken from the queue, callback called; stamp_ns is the FrameRef's header stamp, sent_ns 0).
+    trace=True keeps (path, stamp_ns, received_ns, taken_ns, dispatched_ns) of the last 10000 dispatches
+    (benches; CLOCK_MONOTONIC ns: received by this subscription (iox: the event woke its thread), taken from
+    the queue, callback called; stamp_ns is the FrameRef's header stamp).
     """
 
     def __init__(self, node, topic: str, callback, qos_profile, *, direct: bool = True,
@@ -560,22 +560,21 @@ class FrameSubscription:
                 self._iox_thread.start()
 
     # -- arrivals --------------------------------------------------------------------------------------------
-    def _admit(self, key, path: str) -> bool:
-        """Record a frame handed over directly ('local'); False for the DDS copy of one (a duplicate)."""
-        if key is None:
-            return True
-        if path == 'local':
-            self._seen[key] = None
-            if len(self._seen) > 512:
-                self._seen.popitem(last=False)
-            return True
-        if self._seen.pop(key, False) is None:
-            self.counts['duplicates'] += 1
+    def _handed_over(self, key) -> None:
+        """Remember a frame handed over in this process: its DDS copy, which follows, is a duplicate."""
+        self._seen[key] = None
+        if len(self._seen) > 512:
+            self._seen.popitem(last=False)
+
+    def _is_duplicate(self, key) -> bool:
+        """Whether this DDS copy is of a frame handed over in this process (counted; forgotten once seen)."""
+        if key is None or self._seen.pop(key, False) is not None:
             return False
+        self.counts['duplicates'] += 1
         return True
 
-    def _enqueue(self, msg, path: str, key, sent_ns: int = 0, received_ns: int = 0) -> None:
-        self._pending.append((msg, path, key, sent_ns, received_ns or time.monotonic_ns()))
+    def _enqueue(self, msg, path: str, key, received_ns: int = 0) -> None:
+        self._pending.append((msg, path, key, received_ns or time.monotonic_ns()))
         while len(self._pending) > self.depth:
             dropped = self._pending.popleft()
             self.counts['overflow'] += 1
@@ -602,8 +601,7 @@ class FrameSubscription:
             return
         key = (msg.store, msg.slot, msg.generation)
         with self._lock:
-            if not self._admit(key, 'local'):
-                return
+            self._handed_over(key)
             # the private copy is made on the dispatching thread, from the snapshot (or msg when there is none)
             self._enqueue(_Local(msg, snapshot), 'local', key)
         if self.dispatch == 'inline' and self._dispatch_pending(blocking=False):
@@ -623,7 +621,7 @@ class FrameSubscription:
             return
         key = (msg.store, msg.slot, msg.generation) if msg.store else None
         with self._lock:
-            won = self._admit(key, 'dds')
+            won = not self._is_duplicate(key)
             if won:
                 self._enqueue(msg, 'dds', key)
         if won:
@@ -752,7 +750,7 @@ class FrameSubscription:
             with self._lock:
                 if not self._pending:
                     return
-                msg, path, key, sent_ns, received_ns = self._pending.popleft()
+                msg, path, key, received_ns = self._pending.popleft()
             taken_ns = time.monotonic_ns()
             if isinstance(msg, _Local):                      # handed over in this process: a private copy
                 spare, self._spare = self._spare, None
@@ -771,7 +769,7 @@ class FrameSubscription:
             self.counts[path] += 1
             if self.trace is not None:
                 stamp_ns = msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
-                self.trace.append((path, stamp_ns, sent_ns, received_ns, taken_ns, time.monotonic_ns()))
+                self.trace.append((path, stamp_ns, received_ns, taken_ns, time.monotonic_ns()))
             if self.dispatch == 'executor':
                 try:
                     self.callback(msg)                       # exceptions propagate, as rclpy callbacks do

@@ -224,26 +224,26 @@ class IoxFramePublisher:
         return int(self.frames.dynamic_config.number_of_subscribers)
 
     def loan(self, height: int, width: int, encoding: str = 'bgr8') -> Loan:
-        channels = CHANNELS.get(encoding)
-        if channels is None:
-            raise ValueError(f'encoding {encoding!r} cannot travel as a frame sample; use one of {sorted(CHANNELS)}')
-        sample = self.publisher.loan_slice_uninit(int(height) * int(width) * channels)
-        header = sample.user_header().contents
-        header.height, header.width, header.channels, header.encoding = height, width, channels, encoding.encode()
-        header.memory = MEMORY_HOST
+        sample, header, channels = self._loan(height, width, encoding, MEMORY_HOST, None)
         return Loan(sample, header, _pixels(sample, int(height), int(width), channels, writable=True))
 
     def loan_control(self, height: int, width: int, nbytes: int, encoding: str = 'bgr8') -> Loan:
         """A sample for a frame held elsewhere (MEMORY_CUDA): `array` is nbytes of control data to fill."""
+        sample, header, _ = self._loan(height, width, encoding, MEMORY_CUDA, int(nbytes))
+        array = np.frombuffer((ctypes.c_uint8 * nbytes).from_address(sample.payload_ptr), np.uint8)
+        return Loan(sample, header, array)
+
+    def _loan(self, height: int, width: int, encoding: str, memory: int, nbytes: int | None):
+        """(sample, its header with the frame's shape and memory set, channels); nbytes: the payload, by
+        default the pixels themselves."""
         channels = CHANNELS.get(encoding)
         if channels is None:
             raise ValueError(f'encoding {encoding!r} cannot travel as a frame sample; use one of {sorted(CHANNELS)}')
-        sample = self.publisher.loan_slice_uninit(int(nbytes))
+        sample = self.publisher.loan_slice_uninit(int(height) * int(width) * channels if nbytes is None else nbytes)
         header = sample.user_header().contents
         header.height, header.width, header.channels, header.encoding = height, width, channels, encoding.encode()
-        header.memory = MEMORY_CUDA
-        array = np.frombuffer((ctypes.c_uint8 * nbytes).from_address(sample.payload_ptr), np.uint8)
-        return Loan(sample, header, array)
+        header.memory = memory
+        return sample, header, channels
 
     def send(self, loan: Loan, **fields) -> None:
         """Publish a filled loan; fields: any of HEADER_FIELDS (sequence, stamp_ns, ...)."""

@@ -14,7 +14,6 @@ from __future__ import annotations
 import atexit
 import threading
 
-
 from ..msg import FrameRef
 from . import iox_frames
 from .frame_store import FrameLost
