@@ -162,8 +162,9 @@ def test_iox_camera_fills_the_sample_and_the_embedder_reads_it(context, borrow):
 def test_the_embedder_runs_its_policy_regions_batch_before_it_activates(context):
     # The default policy has regions; a live frame is embedded with them in one batch (1 + regions), so that
     # batch runs at configure, not on the first frame.
-    from vidaction_ros.nodes.embedder_node import load_regions
-    regions = load_regions('')
+    from vidaction_ros.paths import resolve_policy_file
+    from vidaction_ros.policy import load_policy
+    regions = list(load_policy(resolve_policy_file('')).regions.values())
     assert regions
     embedder = EmbedderNode('embedder', context=context, parameter_overrides=[Parameter('autostart', value=True)])
     try:

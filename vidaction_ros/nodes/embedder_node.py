@@ -66,11 +66,6 @@ PARAMS = BACKEND_PARAMS + [
 ]
 
 
-def load_regions(policy_file: str):
-    from ..policy import load_policy
-    return list(load_policy(resolve_policy_file(policy_file)).regions.values())
-
-
 def backend_params(p: dict, logger=None) -> dict:
     """The backend constructor arguments from a node's parameters (create_backend keeps those it takes)."""
     names = ('model_path', 'device', 'precision', 'detector', 'threads', 'max_batch', 'engine_cache_dir',
@@ -87,6 +82,7 @@ class EmbedderNode(ManagedNode):
         self.latency = LatencyWindow()
         self.backend = None
         self.frames: FrameSubscription | None = None
+        self.policy = None                     # the policy file: its regions (and prompts, when scoring)
         self.regions = []
         self.score_table = None                # policy/score_table.ScoreTable when the backend scores
         self.warmed_batches: list[int] = []    # batch sizes run at configure (backend.warm_up)
@@ -96,7 +92,9 @@ class EmbedderNode(ManagedNode):
             self.bring_up()
 
     def configure(self) -> None:
-        self.regions = load_regions(self.p['policy_file'])
+        from ..policy import load_policy
+        self.policy = load_policy(resolve_policy_file(self.p['policy_file']))
+        self.regions = list(self.policy.regions.values())
         started = time.monotonic()
         self.backend = create_backend(self.p['backend'], **backend_params(self.p, self.get_logger()))
         self.backend.activate()
@@ -130,10 +128,9 @@ class EmbedderNode(ManagedNode):
         if not can:
             raise ValueError(f"parameter 'prompt_scoring': embedder needs a torch backend (clip_hf, torch_cuda), "
                              f"got backend {self.backend.name}; set it to auto or policy")
-        from ..policy import PolicyEngine, load_policy
+        from ..policy import PolicyEngine
         from ..policy.score_table import build_score_table
-        engine = PolicyEngine(load_policy(resolve_policy_file(self.p['policy_file'])), self.backend.embed_texts,
-                              logger=self.get_logger())
+        engine = PolicyEngine(self.policy, self.backend.embed_texts, logger=self.get_logger())
         table = build_score_table(engine, [r.name for r in self.regions], self.backend.model_id)
         self.backend.attach_score_table(table)
         if table is not None:

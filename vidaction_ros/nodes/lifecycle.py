@@ -66,6 +66,11 @@ class ManagedNode(LifecycleNode):
         """Release what configure acquired (entities registered with own() are destroyed afterwards)."""
 
     # -- helpers -----------------------------------------------------------------------------------------
+    def inline_lock(self):
+        """The lock an intra-process subscription takes to handle messages on the sender's thread
+        (intra_process_dispatch: inline, a parameter of the nodes that declare INTRA_DISPATCH); None: executor."""
+        return self.callback_lock if self.p.get('intra_process_dispatch') == 'inline' else None
+
     def own(self, entity):
         """Register a publisher, subscription, timer, client or service created in configure for cleanup."""
         self._owned.append(entity)

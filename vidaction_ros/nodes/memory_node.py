@@ -82,9 +82,8 @@ class MemoryNode(ManagedNode):
                                                           inproc))
         # Composed: embeddings handled on the embedder's thread when this node is free (intra_process_dispatch);
         # the query service takes the same lock.
-        inline = self.callback_lock if self.p['intra_process_dispatch'] == 'inline' else None
         self.own(intra_process.subscription(self, Embedding, 'embedding', self._on_embedding, qos.EMBEDDING, inproc,
-                                            inline))
+                                            self.inline_lock()))
         self.own(self.create_service(QueryMemory, 'memory/query', self._on_query,
                                      callback_group=MutuallyExclusiveCallbackGroup()))
         tier = (f"long tier {p['long_capacity']} keyframes / {p['long_ttl_s']} s" if p['long_capacity']

@@ -83,8 +83,10 @@ class PolicyNode(ManagedNode):
         self.scores_digest = prompt_set_digest(self.engine, self.backend.model_id)
         self.publisher = self.own(self.create_publisher(
             Action, 'action', qos.ACTION_REPLAY if self.p['replay_history'] else qos.ACTION))
+        # Composed: memory/context handled on the memory node's thread when this node is free; its other
+        # callbacks (unchanged scenes, the watchdog, transitions) take the same lock.
         self.own(intra_process.subscription(self, MemoryContext, 'memory/context', self._on_context, qos.EMBEDDING,
-                                            self.p['intra_process'], self._inline_lock()))
+                                            self.p['intra_process'], self.inline_lock()))
         self.own(self.create_subscription(SceneUnchanged, 'camera/unchanged', self._on_unchanged, qos.EMBEDDING))
         self.get_logger().info(f"policy {self.policy_file} loaded: actions "
                                f"{[r.name for r in self.spec.actions]}")
@@ -208,11 +210,6 @@ class PolicyNode(ManagedNode):
             event = self.watchdog.fresh(to_seconds(msg.header.stamp), msg.frame_sequence, self._now_s())
             if event is not None:
                 self.get_logger().warning(event.reason)
-
-    def _inline_lock(self):
-        # Composed: memory/context handled on the memory node's thread when this node is free; its other
-        # callbacks (unchanged scenes, the watchdog, transitions) take the same lock.
-        return self.callback_lock if self.p['intra_process_dispatch'] == 'inline' else None
 
     def _on_unchanged(self, notice: SceneUnchanged) -> None:
         """The camera gated a frame as unchanged: keep the decision of the frame it is the same as."""

@@ -134,9 +134,10 @@ class ClipTorchBackend(JointEmbeddingBackend):
                 scored = self._scorer_for(regions)
                 for batch in batches:
                     # The frame with its regions is the batch the policy's scores come from: scored there.
-                    key = self._graph_key(batch, scored if batch == 1 + len(regions) else None)
+                    scorer = scored if batch == 1 + len(regions) else None
+                    key = self._graph_key(batch, scorer)
                     if key not in self._graphs and key not in self._graph_failed and len(self._graphs) < MAX_GRAPHS:
-                        self._capture(batch, scored if batch == 1 + len(regions) else None)
+                        self._capture(batch, scorer)
         frame = np.full((int(frame_shape[0]), int(frame_shape[1]), 3), 127, np.uint8)
         self.embed_images([frame])                       # the preprocessing path at the working size too
         if regions:
