@@ -14,7 +14,6 @@ Run it from outside the source tree (scripts/env.sh first), e.g. `cd /tmp && pyt
 import io
 import json
 import os
-import signal
 import subprocess
 import sys
 import tempfile
@@ -72,6 +71,7 @@ def run_processes(raw_args: list[str], frames: int, printer, timeout: float) -> 
     counters are in its process)."""
     import rclpy
     from rclpy.executors import SingleThreadedExecutor
+    from vidaction_ros.tools.replay import stop_group
     own = {'--frames', '--json', '--mode'}          # this command's, or set below
     passed, skip = [], False
     for arg in raw_args:
@@ -106,12 +106,7 @@ def run_processes(raw_args: list[str], frames: int, printer, timeout: float) -> 
                 break
             time.sleep(0.2)         # polling a counter the subscription thread updates: how often to look
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGINT)
-            try:
-                proc.wait(60)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
+        stop_group(proc, timeout=60)
         executor.shutdown()
         node.destroy_node()
         rclpy.try_shutdown()

@@ -168,7 +168,8 @@ def policy_params(argv: list[str]) -> dict:
     return params
 
 
-def _stop_group(proc: subprocess.Popen, timeout: float = 30.0) -> int:
+def stop_group(proc: subprocess.Popen, timeout: float = 30.0) -> int:
+    """SIGINT to a child started with start_new_session=True and its group; SIGKILL after timeout s. The exit code."""
     if proc.poll() is None:
         try:
             os.killpg(proc.pid, signal.SIGINT)
@@ -258,7 +259,7 @@ def run_replay(bag: str, out_dir: Path, opts: RunOptions) -> RunRecord:
             contexts = dict(recorder.contexts)
     finally:
         bar.close()
-        code = _stop_group(proc) if proc is not None else None
+        code = stop_group(proc) if proc is not None else None
         recorder.close()
         rclpy.try_shutdown(context=context)
     if not any(a.trigger != WATCHDOG for a in actions):
