@@ -77,3 +77,17 @@ def test_rate_limiter_resyncs_after_a_gap_and_after_time_reset():
 def test_rate_limiter_rejects_non_positive_rate():
     with pytest.raises(ValueError):
         RateLimiter(0.0)
+
+
+def test_gate_score_is_the_mean_absolute_grey_difference_of_the_thumbnails():
+    # Worked by hand: the left half of the frame goes 0 -> 200, the right half 255 -> 245. Thumbnails average
+    # whole blocks, so half the thumbnail differs by 200 and half by 10: mean |diff| = (200 + 10) / 2 = 105
+    # (no uint8 wrap-around: 245 - 255 counts 10, not 246).
+    before = np.zeros((480, 640), np.uint8)
+    before[:, 320:] = 255
+    after = np.full((480, 640), 200, np.uint8)
+    after[:, 320:] = 245
+    gate = SceneChangeGate(threshold=4.0, max_skip_s=10.0)
+    gate.check(before, 0.0)
+    result = gate.check(after, 0.1)
+    assert result.passed and result.score == pytest.approx(105.0)

@@ -1,8 +1,11 @@
 """Frame sources (video file, V4L2 device, RTSP/HTTP stream) and the capture thread.
 
 No ROS here: the camera node adapts this core, as usb_cam's driver knows nothing of ROS. The capture
-thread only grabs, downscales to the working resolution and overwrites the newest slot; it never waits for
-inference (latest frame wins), so a slow embedder costs dropped frames, never stale ones.
+thread never waits for inference: by default it grabs, downscales to the working resolution and overwrites
+the newest slot (latest frame wins), so a slow consumer costs dropped frames, never stale ones; with an
+`on_frame` hook it hands each grabbed frame to that hook on its own thread instead (the camera node's:
+rate, downscale into the transport's buffer, gate, publish — a fraction of a millisecond that never waits
+for a consumer either).
 """
 from __future__ import annotations
 
@@ -234,13 +237,21 @@ class CaptureThread:
 
     def __init__(self, source: OpenCvSource, max_width: int, max_height: int, realtime: bool = True,
                  backoff: Backoff | None = None, logger: logging.Logger | None = None,
-                 on_state: Callable[[str], None] | None = None):
+                 on_state: Callable[[str], None] | None = None,
+                 on_frame: Callable[[np.ndarray, int, float | None, float], None] | None = None,
+                 on_finished: Callable[[], None] | None = None):
+        """on_frame(image, index, media_s, grabbed_wall_s): called on the capture thread with each grabbed
+        frame at source resolution, in place of the downscale and the slot. It must return quickly and never
+        wait for a consumer; an exception from it is treated like a failed grab (logged, source reopened).
+        on_finished(): called once when `finished` is set (end of a file, a file that cannot be opened)."""
         self.source = source
         self.max_width, self.max_height = max_width, max_height
         self.realtime = realtime
         self.backoff = backoff or Backoff()
         self.log = logger or logging.getLogger('vidaction_ros.capture')
         self.on_state = on_state
+        self.on_frame = on_frame
+        self.on_finished = on_finished
         self.slot = LatestFrameSlot()
         self.captured = 0
         self.reconnects = 0
@@ -259,6 +270,11 @@ class CaptureThread:
         if self._thread is not None:
             self._thread.join(timeout)
         self.source.close()
+
+    def _end(self) -> None:
+        self.finished.set()
+        if self.on_finished is not None:
+            self.on_finished()
 
     def _set_state(self, state: str, detail: str = '') -> None:
         # Logged once per state change, not once per failed attempt: a camera unplugged for an hour
@@ -286,7 +302,7 @@ class CaptureThread:
             except SourceError as err:
                 if not self.source.is_live:
                     self._set_state('failed', str(err))
-                    self.finished.set()
+                    self._end()
                     return False
                 # The first failure says how it will retry; later attempts are silent until the state changes.
                 self._set_state('reconnecting', f'{err}; retrying with backoff {self.backoff.initial_s:g} s '
@@ -307,7 +323,7 @@ class CaptureThread:
                 self.state = 'lost'
                 self.source.close()
                 if not self.source.is_live:
-                    self.finished.set()
+                    self._end()
                     return
                 self._stop.wait(self.backoff.next_delay())
 
@@ -321,7 +337,7 @@ class CaptureThread:
             if image is None:
                 if not self.source.is_live:
                     self._set_state('finished')
-                    self.finished.set()
+                    self._end()
                     return
                 self._set_state('lost', 'grab failed')
                 self.source.close()
@@ -329,10 +345,13 @@ class CaptureThread:
                     return
                 continue
             grabbed = time.time()
-            h, w = image.shape[:2]
-            small = downscale(image, self.max_width, self.max_height)
-            self.slot.put(CapturedFrame(small, index, media, grabbed, (w, h)))
             self.captured += 1
+            if self.on_frame is not None:
+                self.on_frame(image, index, media, grabbed)
+            else:
+                h, w = image.shape[:2]
+                small = downscale(image, self.max_width, self.max_height)
+                self.slot.put(CapturedFrame(small, index, media, grabbed, (w, h)))
             if self.realtime and not self.source.is_live:
                 next_due += period
                 delay = next_due - time.monotonic()

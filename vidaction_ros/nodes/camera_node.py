@@ -2,8 +2,10 @@
 FrameRef out at the reasoning rate, gated by scene change.
 
 Two pacing modes:
-  live (default)  - a capture thread grabs and downscales, latest frame wins; a timer at `rate_hz`
-                    publishes the newest frame if the gate passes it. Inference never blocks capture.
+  live (default)  - the capture thread grabs each frame and, on the same thread, takes it at `rate_hz`,
+                    downscales it straight into the transport's buffer, gates it and publishes it: no hand-over
+                    to another thread between the grab and the publish. Publishing never waits for the
+                    embedder (its queue keeps the newest frame), so inference never blocks capture.
   lockstep        - for tests and replay: every frame of a file is published in order, stamped with its
                     media time, and the next one only after the Action for the previous one came back.
 """
@@ -91,8 +93,6 @@ class CameraNode(ManagedNode):
         self.sender = None
         self.capture = None
         self.source = None
-        self._publisher_thread = None
-        self._stop_publishing = threading.Event()
         self._rates = RateMeter()
         self.diagnostics = DiagnosticsPublisher(self, self._diagnostics)   # reports in every state
         if self.p['autostart']:
@@ -133,7 +133,8 @@ class CameraNode(ManagedNode):
                 self.source.close()
             self.capture = CaptureThread(self.source, self.p['max_width'], self.p['max_height'],
                                          realtime=self.p['realtime'], logger=self.get_logger(),
-                                         backoff=Backoff(0.5, self.p['reconnect_max_s']))
+                                         backoff=Backoff(0.5, self.p['reconnect_max_s']),
+                                         on_frame=self._on_captured, on_finished=self._finish)
         self.get_logger().info(
             f"camera configured: source={self.source.display_uri if self.source else self.p['image_topic']} "
             f"transport={self.p['transport']} rate={self.p['rate_hz']} Hz lockstep={self.p['lockstep']}")
@@ -144,17 +145,8 @@ class CameraNode(ManagedNode):
             self._ready_since = None
         elif self.capture is not None:
             self.capture.start()
-            # Event-driven hand-off: publish as soon as the capture thread delivers a frame. A timer that
-            # polls the slot adds up to one timer period of frame age (measured ~30 ms at 10 Hz).
-            self._stop_publishing.clear()
-            self._publisher_thread = threading.Thread(target=self._live_loop, name='camera-publish', daemon=True)
-            self._publisher_thread.start()
 
     def deactivate(self) -> None:
-        if self._publisher_thread is not None:
-            self._stop_publishing.set()
-            self._publisher_thread.join(2.0)
-            self._publisher_thread = None
         if self.capture is not None:
             self.capture.stop()     # closes the device; activate reopens it (a file restarts)
 
@@ -229,11 +221,6 @@ class CameraNode(ManagedNode):
         self.counts['rate_skipped'] += 1
         return False
 
-    def _offer(self, frame: CapturedFrame) -> None:
-        """Rate limit, gate, publish one captured frame (live mode)."""
-        if self._rate_allows(self._stamp_s(frame)):
-            self._gate_and_publish(frame)
-
     def _gate_and_publish(self, frame: CapturedFrame) -> None:
         stamp_s = self._stamp_s(frame)
         result = self.gate.check(frame.image, stamp_s)
@@ -254,21 +241,19 @@ class CameraNode(ManagedNode):
             self.counts['unheard'] = self.counts.get('unheard', 0) + 1
 
     # -- live --------------------------------------------------------------------------------------------
-    def _live_loop(self) -> None:
-        while not self._stop_publishing.is_set() and not self.finished.is_set() and self.context.ok():
-            try:
-                self._live_tick(self.capture.slot.take(timeout=0.25))
-            except RCLError:
-                if self.context.ok():
-                    raise
-                return      # SIGINT shut the context down under this thread: the normal way out
-
-    def _live_tick(self, frame: CapturedFrame | None) -> None:
-        if frame is not None:
-            self._offer(frame)
+    def _on_captured(self, image, index: int, media_s: float | None, grabbed_s: float) -> None:
+        """Capture thread, each grabbed frame: rate, downscale into the transport's buffer, gate, publish."""
+        if self.finished.is_set():
+            return
         self.counts['captured'] = self.capture.captured
-        self.counts['dropped'] = self.capture.slot.overwritten
-        if self.capture.finished.is_set() or self._limit_reached():
+        try:
+            if self._rate_allows(media_s if media_s is not None else grabbed_s):
+                self._downscale_gate_publish(image, index, media_s, grabbed_s)
+        except RCLError:
+            if self.context.ok():
+                raise
+            return      # SIGINT shut the context down under this thread: the normal way out
+        if self._limit_reached():
             self._finish()
 
     def _open_source(self, loop: bool):
@@ -306,16 +291,23 @@ class CameraNode(ManagedNode):
         self.counts['captured'] += 1
         if not self._rate_allows(stamp_s):      # before the resize: skipped frames cost no pixel work
             return
+        # A bag's stamps are the capture times: keep them (media), never the replay wall clock.
+        self._downscale_gate_publish(image, self.counts['captured'] - 1, stamp_s, now)
+
+    def _downscale_gate_publish(self, image, index: int, media_s: float | None, captured_s: float) -> None:
         # Downscale straight into the transport's buffer (the iceoryx2 sample itself; in composed mode the
-        # array the embedder will get): the working-size frame is written once and never copied.
+        # array the embedder will get): the working-size frame is written once, gated while it is still in
+        # this core's cache, and never copied.
         source_h, source_w = image.shape[:2]
         width, height = working_size(source_w, source_h, self.p['max_width'], self.p['max_height'])
+        if (width, height) == (source_w, source_h):
+            # Already the working size: send() takes it as it is (by reference composed, one copy iox).
+            self._gate_and_publish(CapturedFrame(image, index, media_s, captured_s, (source_w, source_h)))
+            return
         view = self.sender.loan(height, width)
         try:
             downscale_into(image, view)
-            # A bag's stamps are the capture times: keep them (media), never the replay wall clock.
-            frame = CapturedFrame(view, self.counts['captured'] - 1, stamp_s, now, (source_w, source_h))
-            self._gate_and_publish(frame)
+            self._gate_and_publish(CapturedFrame(view, index, media_s, captured_s, (source_w, source_h)))
         finally:
             self.sender.abandon(view)           # gated (or failed): the slot goes back unpublished; no-op if sent
 

@@ -1,0 +1,66 @@
+"""The live camera on a real video file: each grabbed frame is rated, downscaled, gated and published on the
+capture thread itself, and a frame the reasoning rate skips costs no pixel work.
+
+Expected results from first principles: the demo video is 10 fps and stamped with its media time (index / 10),
+so a 2.5 Hz reasoning rate takes every 4th frame (0, 4, 8, ...); every frame is 768x576, so each taken frame is
+downscaled (to 640x480) into one transport loan, and only those are loaned.
+"""
+import threading
+
+import pytest
+from rclpy.executors import SingleThreadedExecutor
+from rclpy.node import Node
+from rclpy.parameter import Parameter
+
+from ros_helpers import wait_until
+from vidaction_ros import qos
+from vidaction_ros.msg import FrameRef
+from vidaction_ros.nodes.camera_node import CameraNode
+
+pytestmark = pytest.mark.integration
+
+PUBLISH = 6
+
+
+def test_live_file_camera_rates_downscales_and_publishes_on_the_capture_thread(context, video_path):
+    overrides = {'source': video_path, 'realtime': False, 'rate_hz': 2.5, 'gate_enabled': False,
+                 'stamp_source': 'media', 'transport': 'inproc', 'max_frames': PUBLISH, 'autostart': False}
+    camera = CameraNode('camera', context=context,
+                        parameter_overrides=[Parameter(k, value=v) for k, v in overrides.items()])
+    listener = Node('test_frames', context=context)
+    refs, lock = [], threading.Lock()
+
+    def on_ref(msg):
+        with lock:
+            refs.append(msg)
+    listener.create_subscription(FrameRef, 'camera/frame', on_ref, qos.frame_qos(False))
+    loaning_threads = []
+    executor = SingleThreadedExecutor(context=context)
+    executor.add_node(listener)
+    threading.Thread(target=executor.spin, daemon=True).start()
+    try:
+        camera.trigger_configure()
+        loan = camera.sender.loan
+
+        def spy_loan(height, width):
+            loaning_threads.append(threading.current_thread().name)
+            return loan(height, width)
+        camera.sender.loan = spy_loan      # before the capture thread starts: it sees every loan
+        camera.trigger_activate()
+        wait_until(camera.finished.is_set, 60, lambda: f'camera never finished: {camera.counts}')
+        counts = dict(camera.counts)
+        assert counts['published'] == PUBLISH
+        # Only frames the rate took were downscaled (one loan each), all of them on the capture thread.
+        assert len(loaning_threads) == PUBLISH and set(loaning_threads) == {'capture'}
+        assert counts['rate_skipped'] == counts['captured'] - PUBLISH >= 3 * (PUBLISH - 1)
+        wait_until(lambda: len(refs) == PUBLISH, 30, lambda: f'{len(refs)} of {PUBLISH} FrameRefs on DDS')
+        with lock:
+            stamps = [r.header.stamp.sec + r.header.stamp.nanosec * 1e-9 for r in refs]
+            assert stamps == pytest.approx([0.4 * i for i in range(PUBLISH)], abs=1e-6)   # frames 0, 4, 8...
+            assert all((r.width, r.height, r.source_width, r.source_height) == (640, 480, 768, 576) for r in refs)
+            assert [r.sequence for r in refs] == list(range(PUBLISH))
+    finally:
+        executor.shutdown()
+        camera.close()
+        camera.destroy_node()
+        listener.destroy_node()
