@@ -162,6 +162,36 @@ def test_frame_subscription_gets_each_frame_once_handed_over_directly(mode, disp
         run.close()
 
 
+def test_inline_subscribers_never_run_on_a_sender_that_may_not_wait():
+    """A live camera's capture thread sends with may_wait False: an inline subscription takes those frames on
+    its own thread (the sender returns without waiting for the callback), in order, each once."""
+    run = Composed('inproc', 'inline')
+    try:
+        run.sender.may_wait = False
+        release, stuck = threading.Event(), []
+        callback = run.frames.callback
+
+        def slow(msg):
+            # Busy until the sender has sent all three: run on the sender's thread, this would wait it out.
+            if not release.wait(30):
+                stuck.append(msg.sequence)
+            callback(msg)
+        run.frames.callback = slow
+        for seq in range(3):
+            msg = FrameRef()
+            msg.sequence = seq
+            run.sender.send(msg, image_of(seq))      # returns at once although the callback cannot finish
+        release.set()
+        assert run.wait(lambda: len(run.received) >= 1)
+        sequences = [m.sequence for m, _, _ in run.received]
+        assert sequences == sorted(set(sequences)) and sequences[0] == 0        # in order, each once
+        threads = {thread for _, _, thread in run.received}
+        assert threading.current_thread() not in threads and run.spinner not in threads
+        assert not stuck
+    finally:
+        run.close()
+
+
 def test_executor_dispatch_gives_the_executor_back_between_frames():
     """A consumer slower than its frames (50 ms a callback, a frame every 10 ms) still lets its node's timers
     run (diagnostics, lifecycle services): one frame per executor turn, not a loop until the queue is empty,

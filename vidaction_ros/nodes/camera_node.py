@@ -103,6 +103,8 @@ class CameraNode(ManagedNode):
         self.sender = FrameSender(self, self.p['transport'], 'camera/frame', lockstep=self.p['lockstep'],
                                   interop_topic=self.p['interop_image_topic'],
                                   max_frame=(self.p['max_width'], self.p['max_height']))
+        # Live capture publishes on the capture thread, which must never wait for the embedder.
+        self.sender.may_wait = self.p['lockstep'] or self.p['source'] == 'topic'
         self.own(self.sender.publisher)
         if self.sender.interop is not None:
             self.own(self.sender.interop)

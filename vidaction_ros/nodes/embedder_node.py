@@ -59,8 +59,9 @@ PARAMS = BACKEND_PARAMS + [
           'buffer: held, so never rewritten, until the callback returns); false: a private copy first (~0.1 ms at '
           '640x480). Composed mode is by reference either way'),
     Param('frame_dispatch', 'thread', 'where the frame callback runs: thread (its own, at once), inline (composed '
-          'mode: on the camera\'s publishing thread, the lowest latency; the camera waits for the embedding, '
-          'its capture stays newest-wins) or executor (this node\'s executor, ~0.4 ms later)',
+          'mode: on the camera\'s publishing thread when that may wait, the lowest latency: a topic or lock-step '
+          'camera waits for the embedding; a live capture thread never does, its frames go as thread) or '
+          'executor (this node\'s executor, ~0.4 ms later)',
           choices=DISPATCH),
     Param('lockstep', False, 'reliable deep frame queue (deterministic replay) instead of newest-wins'),
 ]

@@ -30,8 +30,9 @@ dispatched). The DDS copy of a frame someone was handed directly is published dd
 background thread, so that DDS work does not compete with the hot path for the CPU. Callbacks get a private
 FrameRef and run one at a time on the subscription's own thread (dispatch='thread'), in the node's executor
 through a GuardCondition (dispatch='executor'), or for in-process senders on the sender's thread
-(dispatch='inline', composed mode's lowest latency). VIDACTION_DIRECT=off (or direct=False) makes both ends
-plain DDS (comparisons).
+(dispatch='inline', composed mode's lowest latency, when the sender may wait: a live camera's capture thread
+may not, so its inline subscribers take frames on their own thread). VIDACTION_DIRECT=off (or direct=False)
+makes both ends plain DDS (comparisons).
 """
 from __future__ import annotations
 
@@ -221,6 +222,10 @@ class FrameSender:
         self._local: list = []            # in-process FrameSubscriptions of our topic (cached lookup)
         self._local_version = -1
         self.counts = {'sent': 0, 'loaned': 0, 'abandoned': 0, 'local': 0}
+        # False: the thread that sends must never wait for a consumer (a live camera's capture thread: a
+        # blocked grab leaves older frames in the driver's queue), so in-process subscriptions with
+        # dispatch='inline' take our frames on their own thread instead of this one.
+        self.may_wait = True
         width, height = max_frame
         if mode == 'inproc':
             # Unique per sender: two cameras in one process never share slots.
@@ -358,7 +363,7 @@ class FrameSender:
                 snapshot = _COPIER.snapshot(msg)
                 for sub in self._local:
                     if not sub.closed:
-                        sub._deliver_local(msg, snapshot)
+                        sub._deliver_local(msg, snapshot, self.may_wait)
                         handed += 1
                 self.counts['local'] += handed
         if (handed and self.dds_delay_s > 0 and snapshot is not None) or self._deferred:
@@ -495,7 +500,8 @@ class FrameSubscription:
     the node's executor (dispatch='executor', through a GuardCondition; ~0.3 ms later on 2 cores), or, for
     frames from a sender in this process, directly on the sender's thread when no call is running
     (dispatch='inline': the lowest latency in composed mode; send() returns after the callback, so the
-    producer runs at the consumer's pace, newest frame first; frames from elsewhere as 'thread').
+    producer runs at the consumer's pace, newest frame first; frames from elsewhere, and from a sender whose
+    thread may not wait (FrameSender.may_wait False: a live camera's capture thread), as 'thread').
     direct=False (or VIDACTION_DIRECT=off) makes it a plain DDS subscription with the same dispatch.
     counts: frames dispatched per path ('local', 'iox', 'dds'), 'duplicates', 'stale', 'overflow' (pending
     frames replaced by newer ones), 'errors' (callback raised, thread dispatch), 'iox_early' (DDS FrameRefs of
@@ -594,9 +600,9 @@ class FrameSubscription:
             return
         self._wakeup.set()
 
-    def _deliver_local(self, msg: FrameRef, snapshot) -> None:
+    def _deliver_local(self, msg: FrameRef, snapshot, may_wait: bool = True) -> None:
         """From a FrameSender in this process (its thread): queue a private copy, wake the dispatcher
-        (dispatch='inline': run the callback right here when no callback is running)."""
+        (dispatch='inline': run the callback right here when no callback is running and the sender may wait)."""
         if self.closed:
             return
         key = (msg.store, msg.slot, msg.generation)
@@ -604,7 +610,7 @@ class FrameSubscription:
             self._handed_over(key)
             # the private copy is made on the dispatching thread, from the snapshot (or msg when there is none)
             self._enqueue(_Local(msg, snapshot), 'local', key)
-        if self.dispatch == 'inline' and self._dispatch_pending(blocking=False):
+        if self.dispatch == 'inline' and may_wait and self._dispatch_pending(blocking=False):
             return
         self._wake()
 
