@@ -27,5 +27,10 @@ def test_processes_mode_times_the_four_processes_actions(tmp_path, video_path):
         stage = result['stages'][name]
         assert 0 < stage['p50_ms'] <= stage['p99_ms'], (name, stage)
     assert result['stages']['embed']['p99_ms'] <= result['stages']['capture_to_decide']['p99_ms']
-    assert len(result['hops']) == 4 and all(h['p50_ms'] <= h['p99_ms'] for h in result['hops'].values())
+    assert len(result['hops']) == 6 and all(h['p50_ms'] <= h['p99_ms'] for h in result['hops'].values())
+    # Per frame, everything but the model is camera->Action minus the embedding: positive, and never more than
+    # the whole. The Action reaches a subscriber after it was stamped decided.
+    overhead = result['hops']['all but the model (per frame)']
+    assert 0 < overhead['p50_ms'] <= result['stages']['capture_to_decide']['p50_ms']
+    assert result['hops']['Action out (decided -> heard)']['p50_ms'] > 0
     assert 'p99 minus embedder p99' in proc.stdout

@@ -11,7 +11,7 @@ import time
 from .. import qos
 from ..transport import intra_process
 from ..perception.backends import CHOICES, DETECTOR_CHOICES, create_backend
-from ..conversions import ms_between, to_time
+from ..conversions import float32_field, ms_between, to_time
 from ..diagnostics import DiagnosticsPublisher, RateMeter, health
 from ..transport.frame_store import FrameLost
 from ..ingest.image_codec import ImageFormatError
@@ -183,9 +183,9 @@ class EmbedderNode(ManagedNode):
         msg.sequence = ref.sequence
         msg.model = self.backend.model_id
         msg.dim = int(result.vector.size)
-        msg.vector = result.vector.tolist()
+        msg.vector = float32_field(result.vector)
         for name, region in result.regions.items():
-            msg.regions.append(RegionEmbedding(name=name, vector=region.vector.tolist(),
+            msg.regions.append(RegionEmbedding(name=name, vector=float32_field(region.vector),
                                                detections=region.detections,
                                                detection_confidence=float(region.confidence)))
         msg.top_concepts = list(result.top_concepts)

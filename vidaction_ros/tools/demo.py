@@ -12,7 +12,7 @@ import math
 import sys
 import time
 
-from ..conversions import ms_between
+from ..conversions import ms_between, to_seconds
 from ..nodes import pipeline
 from ..stats import LatencyWindow
 
@@ -34,6 +34,8 @@ HOPS = {'camera (capture -> published)': ('captured', 'published'),
         'frame hop (-> embed start)': ('published', 'embed_start'),
         'memory (embed end -> context)': ('embed_end', 'memory_end'),
         'policy (context -> decided)': ('memory_end', 'decided')}
+OVERHEAD = 'all but the model (per frame)'
+DELIVERED = 'Action out (decided -> heard)'
 
 
 class ActionPrinter:
@@ -48,6 +50,10 @@ class ActionPrinter:
                         ('capture_to_embed_ms', 'embed_ms', 'embed_to_decide_ms', 'capture_to_decide_ms')}
         # The hops inside those stages, from Action.times: where the time beyond the model goes.
         self.hops = {k: LatencyWindow(100_000) for k in HOPS}
+        # Per frame, camera->Action minus the embedding: the plumbing as one figure. And the Action's own trip
+        # to this subscriber (after `decided`, which the Action has to carry before it is published).
+        self.hops[OVERHEAD] = LatencyWindow(100_000)
+        self.hops[DELIVERED] = LatencyWindow(100_000)
         self.by_trigger = collections.Counter()
         self.last_at = time.monotonic()
         self.node = None
@@ -61,6 +67,7 @@ class ActionPrinter:
         return self.node
 
     def on_action(self, msg) -> None:
+        received = time.time()
         self.count += 1
         self.by_action[msg.action] += 1
         self.by_trigger[msg.trigger] += 1
@@ -71,6 +78,8 @@ class ActionPrinter:
                 window.add(getattr(msg, key))
             for key, (earlier, later) in HOPS.items():
                 self.hops[key].add(ms_between(getattr(msg.times, earlier), getattr(msg.times, later)))
+            self.hops[OVERHEAD].add(msg.capture_to_decide_ms - msg.embed_ms)
+            self.hops[DELIVERED].add((received - to_seconds(msg.times.decided)) * 1000.0)
         if self.changes_only and not msg.changed:
             return
         media = msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9
