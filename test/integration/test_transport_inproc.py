@@ -279,7 +279,7 @@ def test_a_private_copy_of_a_frame_ref_equals_the_dds_copy():
     equals what DDS delivers, also into a message built ahead of time; pixels inline go through CDR."""
     from rclpy.serialization import deserialize_message, serialize_message
 
-    from vidaction_ros.transport.frame_transport import _COPIER
+    from vidaction_ros.transport.local_frames import COPIER as _COPIER
     msg = FrameRef()
     msg.header.stamp.sec, msg.header.stamp.nanosec, msg.header.frame_id = 1_700_000_000, 999_999_999, 'cam'
     msg.sequence, msg.transport, msg.store, msg.slot, msg.generation = 2**63 + 5, 'inproc', 'cam#1#0', 3, 99

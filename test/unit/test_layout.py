@@ -51,7 +51,8 @@ RANK = {unit: i for i, layer in enumerate(LAYERS) for unit in layer}
 # The only modules allowed to import rclpy or ROS messages: the ROS helpers, the node shells, the tools
 # that start nodes or read Action messages, and the transport's node-facing half.
 ROS_MODULES = {
-    'qos', 'params', 'diagnostics', 'conversions', 'transport.frame_transport', 'transport.iox_refs',
+    'qos', 'params', 'diagnostics', 'conversions', 'transport.frame_transport', 'transport.frame_sender',
+    'transport.frame_subscription', 'transport.frame_access', 'transport.local_frames', 'transport.iox_refs',
     'tools.bag_cli', 'tools.bag_player', 'tools.demo', 'tools.evaluate', 'tools.replay',
 }
 ROS_IMPORTS = ('rclpy', 'rosidl_runtime_py', 'builtin_interfaces', 'std_msgs', 'sensor_msgs', 'diagnostic_msgs',
