@@ -64,3 +64,44 @@ def test_live_file_camera_rates_downscales_and_publishes_on_the_capture_thread(c
         camera.close()
         camera.destroy_node()
         listener.destroy_node()
+
+
+@pytest.mark.parametrize('padding', [0, 16])
+def test_a_topic_image_at_working_size_is_published_contiguous_with_its_pixels(context, padding):
+    """640x480 bgr8 input is already the working size: published as it is when its rows are packed, through the
+    transport's loan when each row is padded (step > width * 3); either way the frame a consumer resolves is
+    contiguous and holds exactly the input's pixels (expected: the input, rows cut to width * 3 bytes)."""
+    import numpy as np
+    from sensor_msgs.msg import Image
+    from vidaction_ros.transport.frame_transport import resolve
+    overrides = {'source': 'topic', 'image_topic': 'test_image', 'transport': 'inproc', 'gate_enabled': False,
+                 'rate_hz': 240.0, 'autostart': True}
+    camera = CameraNode('camera', context=context,
+                        parameter_overrides=[Parameter(k, value=v) for k, v in overrides.items()])
+    node = Node('test_frames', context=context)
+    frames, lock = [], threading.Lock()
+
+    def on_ref(msg):
+        with lock:
+            frames.append(resolve(msg))
+    node.create_subscription(FrameRef, 'camera/frame', on_ref, qos.frame_qos(False))
+    source = node.create_publisher(Image, 'test_image', qos.IMAGE)
+    executor = SingleThreadedExecutor(context=context)
+    for n in (camera, node):
+        executor.add_node(n)
+    threading.Thread(target=executor.spin, daemon=True).start()
+    try:
+        wait_until(lambda: source.get_subscription_count() > 0 and camera.sender.publisher.get_subscription_count()
+                   > 0, 30, 'camera and test never matched')
+        pixels = np.random.default_rng(padding).integers(0, 256, (480, 640, 3), dtype=np.uint8)
+        step = 640 * 3 + padding
+        rows = np.zeros((480, step), np.uint8)
+        rows[:, :640 * 3] = pixels.reshape(480, -1)
+        source.publish(Image(height=480, width=640, encoding='bgr8', step=step, data=rows.tobytes()))
+        wait_until(lambda: len(frames) == 1, 30, lambda: f'no frame published: {camera.counts}')
+        assert frames[0].flags.c_contiguous and np.array_equal(frames[0], pixels)
+    finally:
+        executor.shutdown()
+        camera.close()
+        camera.destroy_node()
+        node.destroy_node()

@@ -302,8 +302,10 @@ class CameraNode(ManagedNode):
         # this core's cache, and never copied.
         source_h, source_w = image.shape[:2]
         width, height = working_size(source_w, source_h, self.p['max_width'], self.p['max_height'])
-        if (width, height) == (source_w, source_h):
-            # Already the working size: send() takes it as it is (by reference composed, one copy iox).
+        if (width, height) == (source_w, source_h) and image.flags.c_contiguous:
+            # Already the working size: send() takes it as it is (by reference composed, one copy iox). A
+            # padded row layout (a topic image whose step exceeds its width) goes through the loan: consumers
+            # get contiguous frames.
             self._gate_and_publish(CapturedFrame(image, index, media_s, captured_s, (source_w, source_h)))
             return
         view = self.sender.loan(height, width)
