@@ -22,22 +22,37 @@ pytestmark = pytest.mark.integration
 PUBLISH = 6
 
 
-def test_live_file_camera_rates_downscales_and_publishes_on_the_capture_thread(context, video_path):
-    overrides = {'source': video_path, 'realtime': False, 'rate_hz': 2.5, 'gate_enabled': False,
-                 'stamp_source': 'media', 'transport': 'inproc', 'max_frames': PUBLISH, 'autostart': False}
-    camera = CameraNode('camera', context=context,
-                        parameter_overrides=[Parameter(k, value=v) for k, v in overrides.items()])
-    listener = Node('test_frames', context=context)
-    refs, lock = [], threading.Lock()
+class Rig:
+    """A CameraNode with these parameters and a test node that keeps what `keep` makes of each FrameRef on
+    camera/frame; the test node (and the camera, when spin_camera) spun on an executor thread."""
 
-    def on_ref(msg):
-        with lock:
-            refs.append(msg)
-    listener.create_subscription(FrameRef, 'camera/frame', on_ref, qos.frame_qos(False))
+    def __init__(self, context, overrides: dict, keep=lambda msg: msg, spin_camera: bool = False):
+        self.camera = CameraNode('camera', context=context,
+                                 parameter_overrides=[Parameter(k, value=v) for k, v in overrides.items()])
+        self.node = Node('test_frames', context=context)
+        self.got, self.lock, self._keep = [], threading.Lock(), keep
+        self.node.create_subscription(FrameRef, 'camera/frame', self._on_ref, qos.frame_qos(False))
+        self.executor = SingleThreadedExecutor(context=context)
+        for node in ((self.camera, self.node) if spin_camera else (self.node,)):
+            self.executor.add_node(node)
+        threading.Thread(target=self.executor.spin, daemon=True).start()
+
+    def _on_ref(self, msg):
+        with self.lock:
+            self.got.append(self._keep(msg))
+
+    def close(self):
+        self.executor.shutdown()
+        self.camera.close()
+        self.camera.destroy_node()
+        self.node.destroy_node()
+
+
+def test_live_file_camera_rates_downscales_and_publishes_on_the_capture_thread(context, video_path):
+    rig = Rig(context, {'source': video_path, 'realtime': False, 'rate_hz': 2.5, 'gate_enabled': False,
+                        'stamp_source': 'media', 'transport': 'inproc', 'max_frames': PUBLISH, 'autostart': False})
+    camera, refs = rig.camera, rig.got
     loaning_threads = []
-    executor = SingleThreadedExecutor(context=context)
-    executor.add_node(listener)
-    threading.Thread(target=executor.spin, daemon=True).start()
     try:
         camera.trigger_configure()
         loan = camera.sender.loan
@@ -54,16 +69,13 @@ def test_live_file_camera_rates_downscales_and_publishes_on_the_capture_thread(c
         assert len(loaning_threads) == PUBLISH and set(loaning_threads) == {'capture'}
         assert counts['rate_skipped'] == counts['captured'] - PUBLISH >= 3 * (PUBLISH - 1)
         wait_until(lambda: len(refs) == PUBLISH, 30, lambda: f'{len(refs)} of {PUBLISH} FrameRefs on DDS')
-        with lock:
+        with rig.lock:
             stamps = [r.header.stamp.sec + r.header.stamp.nanosec * 1e-9 for r in refs]
             assert stamps == pytest.approx([0.4 * i for i in range(PUBLISH)], abs=1e-6)   # frames 0, 4, 8...
             assert all((r.width, r.height, r.source_width, r.source_height) == (640, 480, 768, 576) for r in refs)
             assert [r.sequence for r in refs] == list(range(PUBLISH))
     finally:
-        executor.shutdown()
-        camera.close()
-        camera.destroy_node()
-        listener.destroy_node()
+        rig.close()
 
 
 @pytest.mark.parametrize('padding', [0, 16])
@@ -74,22 +86,10 @@ def test_a_topic_image_at_working_size_is_published_contiguous_with_its_pixels(c
     import numpy as np
     from sensor_msgs.msg import Image
     from vidaction_ros.transport.frame_transport import resolve
-    overrides = {'source': 'topic', 'image_topic': 'test_image', 'transport': 'inproc', 'gate_enabled': False,
-                 'rate_hz': 240.0, 'autostart': True}
-    camera = CameraNode('camera', context=context,
-                        parameter_overrides=[Parameter(k, value=v) for k, v in overrides.items()])
-    node = Node('test_frames', context=context)
-    frames, lock = [], threading.Lock()
-
-    def on_ref(msg):
-        with lock:
-            frames.append(resolve(msg))
-    node.create_subscription(FrameRef, 'camera/frame', on_ref, qos.frame_qos(False))
-    source = node.create_publisher(Image, 'test_image', qos.IMAGE)
-    executor = SingleThreadedExecutor(context=context)
-    for n in (camera, node):
-        executor.add_node(n)
-    threading.Thread(target=executor.spin, daemon=True).start()
+    rig = Rig(context, {'source': 'topic', 'image_topic': 'test_image', 'transport': 'inproc', 'gate_enabled': False,
+                        'rate_hz': 240.0, 'autostart': True}, keep=resolve, spin_camera=True)
+    camera, frames = rig.camera, rig.got
+    source = rig.node.create_publisher(Image, 'test_image', qos.IMAGE)
     try:
         wait_until(lambda: source.get_subscription_count() > 0 and camera.sender.publisher.get_subscription_count()
                    > 0, 30, 'camera and test never matched')
@@ -101,7 +101,4 @@ def test_a_topic_image_at_working_size_is_published_contiguous_with_its_pixels(c
         wait_until(lambda: len(frames) == 1, 30, lambda: f'no frame published: {camera.counts}')
         assert frames[0].flags.c_contiguous and np.array_equal(frames[0], pixels)
     finally:
-        executor.shutdown()
-        camera.close()
-        camera.destroy_node()
-        node.destroy_node()
+        rig.close()
