@@ -34,7 +34,7 @@ def main(argv=None) -> int:
     raw = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(raw)
     args.set = list(args.set) + [f'camera.max_frames={args.frames}']
-    printer = demo.ActionPrinter(changes_only=True, out=io.StringIO())
+    printer = demo.ActionPrinter(changes_only=True, out=io.StringIO(), lockstep=args.lockstep)
     if args.mode == 'processes':
         camera, embedder = run_processes(raw, args.frames, printer, timeout=1200), {}
     else:
@@ -67,8 +67,8 @@ def main(argv=None) -> int:
 def run_processes(raw_args: list[str], frames: int, printer, timeout: float) -> dict:
     """`vidaction_pipeline --mode processes` with this command's pipeline arguments (and the demo's overrides)
     as a child process group; its Actions timed here until every frame is decided (or no per-frame Action for
-    10 s once they came), then SIGINT. Returns {'published': Actions of embedded frames} (the camera's own
-    counters are in its process)."""
+    10 s once they came, 30 s lock-step), then SIGINT. Returns {'published': Actions of embedded frames, 'log':
+    the processes' log} (the camera's own counters are in its process)."""
     import rclpy
     from rclpy.executors import SingleThreadedExecutor
     from vidaction_ros.tools.replay import stop_group
@@ -96,13 +96,16 @@ def run_processes(raw_args: list[str], frames: int, printer, timeout: float) -> 
                             start_new_session=True)
     started = time.monotonic()
     decided = [t for t in demo.PER_FRAME_TRIGGERS if t not in demo.NOT_EMBEDDED]
+    # Lock-step: a frame whose Action did not come back is re-sent after the camera's lockstep_timeout_s
+    # (20 s): wait past that before calling the run over.
+    quiet_s = 30.0 if printer.lockstep else 10.0
     try:
         while time.monotonic() - started < timeout and proc.poll() is None:
-            # Done when every frame is decided, or once frames came and then none for 10 s (a gated live run
+            # Done when every frame is decided, or once frames came and then none for quiet_s (a gated live run
             # decides fewer). A failsafe before the first frame (the watchdog while models load) is no start.
             done = sum(printer.by_trigger[t] for t in decided)
             per_frame = sum(printer.by_trigger[t] for t in demo.PER_FRAME_TRIGGERS)
-            if done >= frames or (per_frame and time.monotonic() - printer.last_at > 10.0):
+            if done >= frames or (per_frame and time.monotonic() - printer.last_at > quiet_s):
                 break
             time.sleep(0.2)         # polling a counter the subscription thread updates: how often to look
     finally:
@@ -112,7 +115,7 @@ def run_processes(raw_args: list[str], frames: int, printer, timeout: float) -> 
         rclpy.try_shutdown()
     if not printer.count:
         raise SystemExit(f'no Action from the four processes (exit code {proc.returncode}); log: {log.name}')
-    return {'published': sum(printer.by_trigger[t] for t in decided)}
+    return {'published': sum(printer.by_trigger[t] for t in decided), 'log': log.name}
 
 
 if __name__ == '__main__':

@@ -43,5 +43,11 @@ DIAGNOSTICS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1,
                          reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.VOLATILE)
 
 
+def action_reader(lockstep: bool) -> QoSProfile:
+    """For a reader that must hear every Action (a recorder, a test, the demo's printer): deep; lock-step also
+    transient-local, so a reader the policy's writer matched late still gets the first frames' Actions."""
+    return ACTION_REPLAY if lockstep else ACTION_DEEP
+
+
 def frame_qos(lockstep: bool) -> QoSProfile:
     return FRAME_LOCKSTEP if lockstep else FRAME

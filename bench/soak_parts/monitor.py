@@ -34,7 +34,7 @@ class Monitor:
         self.context = rclpy.Context()
         rclpy.init(context=self.context)
         self.node = rclpy.create_node('soak_monitor', context=self.context)
-        self.node.create_subscription(Action, 'action', self._on_action, qos.ACTION)
+        self.node.create_subscription(Action, 'action', self._on_action, qos.action_reader(False))
         self.node.create_subscription(DiagnosticArray, '/diagnostics', self._on_diagnostics,
                                       QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE))
         self.executor = SingleThreadedExecutor(context=self.context)

@@ -27,8 +27,7 @@ class ActionCollector:
         self.node = Node('test_action_collector', context=context)
         # Deep reader history: a test on a loaded machine must not lose an Action to its own lag; reading a
         # lock-step run, also the Actions published before the policy's writer matched this reader.
-        self.node.create_subscription(Action, topic, self._on_action,
-                                      qos.ACTION_REPLAY if lockstep else qos.ACTION_DEEP)
+        self.node.create_subscription(Action, topic, self._on_action, qos.action_reader(lockstep))
         self.executor = SingleThreadedExecutor(context=context)
         self.executor.add_node(self.node)
         self.thread = threading.Thread(target=self.executor.spin, daemon=True)

@@ -64,7 +64,7 @@ class Recorder:
         self.cond = threading.Condition()
         self._recording = True
         self.node = Node('vidaction_eval', context=context)
-        self.action_sub = self.node.create_subscription(Action, 'action', self._on_action, qos.ACTION_REPLAY)
+        self.action_sub = self.node.create_subscription(Action, 'action', self._on_action, qos.action_reader(True))
         self.context_sub = None
         if contexts:
             self.context_sub = self.node.create_subscription(MemoryContext, 'memory/context', self._on_context,
