@@ -39,7 +39,8 @@ DELIVERED = 'Action out (decided -> heard)'
 
 
 class ActionPrinter:
-    """Subscribes to `action` like a motion controller would and keeps the figures for the summary."""
+    """Subscribes to `action` (from another node, as a motion controller does), hears every Action and keeps the
+    figures for the summary."""
 
     def __init__(self, changes_only: bool, out=sys.stdout, lockstep: bool = False):
         self.changes_only = changes_only
