@@ -3,7 +3,6 @@ the printer's match with it completed, and the ones that came while its executor
 messages; the expected counts are what was published."""
 import io
 import threading
-import time
 
 import pytest
 from rclpy.duration import Duration
@@ -13,17 +12,9 @@ from rclpy.node import Node
 from vidaction_ros import qos
 from vidaction_ros.msg import Action
 from vidaction_ros.tools.demo import ActionPrinter
+from ros_helpers import wait_until
 
 pytestmark = pytest.mark.integration
-
-
-def _wait(predicate, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.05)        # polling counters another thread updates: how often to look
-    return True
 
 
 def _actions(count: int):
@@ -48,7 +39,7 @@ def test_a_lockstep_printer_hears_actions_published_before_it_matched(context):
     printer = ActionPrinter(changes_only=True, out=io.StringIO(), lockstep=True)
     executor = _spin(context, printer.make_node(context=context))
     try:
-        assert _wait(lambda: printer.count >= 20, timeout=60.0), printer.count
+        wait_until(lambda: printer.count >= 20, 60.0, lambda: f'heard {printer.count} of 20')
         assert printer.by_trigger['prompt'] == 20
     finally:
         executor.shutdown()
@@ -63,14 +54,14 @@ def test_a_live_printer_loses_none_of_what_arrived_while_it_was_busy(context):
     writer = policy.create_publisher(Action, 'action', qos.ACTION_DEEP)
     executor = None
     try:
-        assert _wait(lambda: writer.get_subscription_count() == 1, timeout=60.0), 'the printer never matched'
+        wait_until(lambda: writer.get_subscription_count() == 1, 60.0, 'the printer never matched')
         for msg in _actions(50):
             writer.publish(msg)
         assert writer.wait_for_all_acked(Duration(seconds=60))     # all 50 are in the printer's reader
         assert printer.count == 0
         executor = _spin(context, node)
         # A keep-last-10 reader (a controller's profile) would hand over the newest 10 only.
-        assert _wait(lambda: printer.count >= 50, timeout=60.0), printer.count
+        wait_until(lambda: printer.count >= 50, 60.0, lambda: f'heard {printer.count} of 50')
         assert printer.count == 50
     finally:
         if executor is not None:
